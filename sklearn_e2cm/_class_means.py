@@ -1,0 +1,336 @@
+"""Class means: streaming statistics, distances, exit probabilities.
+
+One implementation serves numpy arrays (scikit-learn stages) and torch
+tensors (torch stages): the functions below only use operations that both
+array types share, and dispatch the few that differ through :func:`_xp`.
+
+* :class:`ClassStatsAccumulator` accumulates per-class sums and weights in
+  float64 while batches stream by (eq. 2), optionally with the pooled
+  within-class scatter for the whitened metric (DESIGN §2.13).
+* :func:`squared_distances` is eq. 3 as one matrix product per batch.
+* :class:`ExitHead` turns a stage vector into exit scores ``-d / s`` (eq. 4)
+  or whitened linear scores, and into probabilities (eq. 5, stable softmax).
+* :func:`head_flops` is the per-sample FLOP count of exactly what
+  :class:`ExitHead` computes.
+"""
+
+import numpy as np
+
+__all__ = [
+    "ClassStatsAccumulator",
+    "ExitHead",
+    "squared_distances",
+    "softmax",
+    "head_flops",
+]
+
+
+def _is_torch(a):
+    return type(a).__module__.split(".")[0] == "torch"
+
+
+class _NumpyOps:
+    @staticmethod
+    def sqrt(a):
+        return np.sqrt(a)
+
+    @staticmethod
+    def clip_min(a, v):
+        return np.maximum(a, v)
+
+    @staticmethod
+    def exp(a):
+        return np.exp(a)
+
+    @staticmethod
+    def rowmax(a):
+        return a.max(axis=1, keepdims=True)
+
+    @staticmethod
+    def asarray_like(arr, like):
+        return np.asarray(arr, dtype=like.dtype)
+
+
+class _TorchOps:
+    @staticmethod
+    def sqrt(a):
+        return a.sqrt()
+
+    @staticmethod
+    def clip_min(a, v):
+        return a.clamp_min(v)
+
+    @staticmethod
+    def exp(a):
+        return a.exp()
+
+    @staticmethod
+    def rowmax(a):
+        return a.amax(dim=1, keepdim=True)
+
+    @staticmethod
+    def asarray_like(arr, like):
+        import torch
+
+        return torch.as_tensor(np.asarray(arr), dtype=like.dtype, device=like.device)
+
+
+def _xp(a):
+    return _TorchOps if _is_torch(a) else _NumpyOps
+
+
+def softmax(scores):
+    """Row-wise numerically stable softmax of a numpy array or torch tensor."""
+    ops = _xp(scores)
+    z = scores - ops.rowmax(scores)
+    e = ops.exp(z)
+    return e / e.sum(1, keepdims=True) if not _is_torch(e) else e / e.sum(1, keepdim=True)
+
+
+def squared_distances(F, means, means_sqnorm=None):
+    """Squared Euclidean distances between rows of ``F`` and rows of ``means``.
+
+    Computed as ``||x||² - 2 x·cᵀ + ||c||²`` with one matrix product and
+    clipped at 0 (rounding can make it slightly negative).
+
+    Parameters
+    ----------
+    F : array of shape (n_samples, n_features)
+        numpy array or torch tensor.
+    means : array of shape (n_classes, n_features)
+        Same array type, dtype and device as ``F``.
+    means_sqnorm : array of shape (n_classes,), default=None
+        Precomputed ``||c||²``.
+
+    Returns
+    -------
+    d2 : array of shape (n_samples, n_classes)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> squared_distances(np.array([[0.0, 0.0], [3.0, 4.0]]), np.array([[0.0, 0.0]]))
+    array([[ 0.],
+           [25.]])
+    """
+    ops = _xp(F)
+    if means_sqnorm is None:
+        means_sqnorm = (means * means).sum(1)
+    x_sq = (F * F).sum(1)
+    d2 = x_sq[:, None] - 2.0 * (F @ means.T) + means_sqnorm[None, :]
+    return ops.clip_min(d2, 0.0)
+
+
+def head_flops(n_features, n_classes, metric="euclidean", normalize=True):
+    """Per-sample FLOPs of one exit head (multiply-add counted as 2).
+
+    Euclidean: ``||x||²`` (2D), ``x·Cᵀ`` (2KD), combining the three terms
+    (3K), clipping (K), square root (K), eq. 4 scaling (K, if ``normalize``),
+    softmax (max, subtract, exp, sum, divide: 5K) and the exit decision
+    (max over K and one comparison: K + 1).
+
+    Mahalanobis: ``x·Wᵀ + b`` (2KD + K), softmax (5K), decision (K + 1).
+
+    Examples
+    --------
+    >>> head_flops(100, 10)
+    20311
+    """
+    D, K = int(n_features), int(n_classes)
+    if metric == "euclidean":
+        return 2 * D + 2 * K * D + 3 * K + K + K + (K if normalize else 0) + 5 * K + K + 1
+    if metric == "mahalanobis":
+        return 2 * K * D + K + 5 * K + K + 1
+    raise ValueError(f"metric must be 'euclidean' or 'mahalanobis'; got {metric!r}.")
+
+
+class ClassStatsAccumulator:
+    """Streaming per-class weighted sums (float64), eq. 2.
+
+    Classes are indices ``0 .. n_classes-1``; ``n_classes`` grows when a
+    larger index shows up (labels discovered while streaming a DataLoader).
+    With ``scatter=True`` the total weighted second moment ``Σ w x xᵀ`` is
+    accumulated as well, from which the pooled within-class covariance is
+    derived (:meth:`within_class_covariance`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> acc = ClassStatsAccumulator()
+    >>> acc.update(np.array([[0.0], [2.0], [10.0]]), np.array([0, 0, 1]))
+    >>> acc.means()
+    array([[ 1.],
+           [10.]])
+    """
+
+    def __init__(self, scatter=False):
+        self.scatter = scatter
+        self.sums = None
+        self.weights = None
+        self.second = None
+        self.n_seen = 0
+
+    def _grow(self, n_classes, n_features):
+        if self.sums is None:
+            self.sums = np.zeros((n_classes, n_features))
+            self.weights = np.zeros(n_classes)
+            if self.scatter:
+                self.second = np.zeros((n_features, n_features))
+            return
+        if self.sums.shape[1] != n_features:
+            raise ValueError(
+                f"Stage features changed width between batches: {self.sums.shape[1]} "
+                f"then {n_features}."
+            )
+        if n_classes > self.sums.shape[0]:
+            extra = n_classes - self.sums.shape[0]
+            self.sums = np.vstack([self.sums, np.zeros((extra, n_features))])
+            self.weights = np.concatenate([self.weights, np.zeros(extra)])
+
+    def update(self, F, y_idx, sample_weight=None):
+        """Add a batch: ``F`` (n, D) numpy or torch, ``y_idx`` (n,) int numpy."""
+        y_idx = np.asarray(y_idx, dtype=np.intp)
+        if y_idx.shape[0] == 0:
+            return
+        n_classes = int(y_idx.max()) + 1
+        self._grow(max(n_classes, 0 if self.sums is None else self.sums.shape[0]), F.shape[1])
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        if _is_torch(F):
+            import torch
+
+            Fd = F.double()
+            idx = torch.as_tensor(y_idx, device=F.device)
+            if w is not None:
+                Fd = Fd * torch.as_tensor(w, device=F.device)[:, None]
+            sums = torch.zeros((self.sums.shape[0], F.shape[1]), dtype=torch.float64, device=F.device)
+            sums.index_add_(0, idx, Fd)
+            self.sums += sums.cpu().numpy()
+            if self.scatter:
+                Fs = F.double()
+                if w is not None:
+                    self.second += (Fs.T @ Fd).cpu().numpy()
+                else:
+                    self.second += (Fs.T @ Fs).cpu().numpy()
+        else:
+            Fd = np.asarray(F, dtype=np.float64)
+            Fw = Fd if w is None else Fd * w[:, None]
+            order = np.argsort(y_idx, kind="stable")
+            ys = y_idx[order]
+            starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
+            self.sums[ys[starts]] += np.add.reduceat(Fw[order], starts, axis=0)
+            if self.scatter:
+                self.second += Fd.T @ Fw
+        self.weights += np.bincount(
+            y_idx, weights=w, minlength=self.sums.shape[0]
+        )[: self.sums.shape[0]]
+        self.n_seen += y_idx.shape[0]
+
+    def means(self):
+        """Weighted class means, shape (n_classes, n_features), float64."""
+        if self.sums is None:
+            raise ValueError("No samples were accumulated.")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.sums / self.weights[:, None]
+
+    def within_class_covariance(self):
+        """Pooled within-class covariance ``Σ_k Σ_{i∈k} w_i (x_i - c_k)(x_i - c_k)ᵀ / Σ w``."""
+        if not self.scatter:
+            raise ValueError("Accumulator was created with scatter=False.")
+        means = self.means()
+        between = (means * self.weights[:, None]).T @ means
+        cov = (self.second - between) / self.weights.sum()
+        return (cov + cov.T) / 2.0
+
+
+class ExitHead:
+    """Exit head of one stage: class means turned into exit probabilities.
+
+    Parameters
+    ----------
+    means : ndarray of shape (n_classes, n_features)
+        Class means ``c_k`` (float64).
+    scale : ndarray of shape (n_classes,) or None
+        eq. 4 normalisation ``s_k`` (mean distance to class ``k`` on the
+        tuning data); ``None`` means no normalisation.
+    metric : {"euclidean", "mahalanobis"}
+    coef, intercept : ndarray, optional
+        For the whitened metric: ``W = Σ⁻¹ C`` rows and ``b_k = -½ c_kᵀΣ⁻¹c_k``,
+        so that the scores are ``x·Wᵀ + b``.
+    """
+
+    def __init__(self, means, scale=None, metric="euclidean", coef=None, intercept=None):
+        self.means = np.asarray(means, dtype=np.float64)
+        self.scale = None if scale is None else np.asarray(scale, dtype=np.float64)
+        self.metric = metric
+        self.coef = coef
+        self.intercept = intercept
+        self._cache = {}
+
+    @property
+    def n_classes(self):
+        return self.means.shape[0]
+
+    @property
+    def n_features(self):
+        return self.means.shape[1]
+
+    def _params(self, like):
+        """The head's arrays in the dtype/device of ``like`` (cached)."""
+        if _is_torch(like):
+            key = ("torch", str(like.dtype), str(like.device))
+        else:
+            key = ("numpy", str(like.dtype))
+        if key not in self._cache:
+            ops = _xp(like)
+            if self.metric == "mahalanobis":
+                p = (ops.asarray_like(self.coef, like), ops.asarray_like(self.intercept, like))
+            else:
+                inv = None if self.scale is None else ops.asarray_like(1.0 / self.scale, like)
+                p = (
+                    ops.asarray_like(self.means, like),
+                    ops.asarray_like((self.means**2).sum(1), like),
+                    inv,
+                )
+            self._cache[key] = p
+        return self._cache[key]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
+    def distances(self, F):
+        """Euclidean distances ``d_k`` (eq. 3), shape (n, K)."""
+        means, sqn, _ = self._params(F)
+        return _xp(F).sqrt(squared_distances(F, means, sqn))
+
+    def scores(self, F):
+        """Exit logits: ``-d / s`` (Euclidean) or ``x·Wᵀ + b`` (Mahalanobis)."""
+        if self.metric == "mahalanobis":
+            W, b = self._params(F)
+            return F @ W.T + b[None, :]
+        return self.scores_from_distances(self.distances(F))
+
+    def scores_from_distances(self, d):
+        """``-d / s`` computed in the dtype of ``d`` (eq. 4; Euclidean only)."""
+        _, _, inv = self._params(d)
+        return -d if inv is None else -(d * inv[None, :])
+
+    def proba(self, F):
+        """Exit probabilities (eq. 5), shape (n, K)."""
+        return softmax(self.scores(F))
+
+    def proba_from_distances(self, d):
+        """Exit probabilities from precomputed distances (same arithmetic as :meth:`proba`)."""
+        return softmax(self.scores_from_distances(d))
+
+    def flops(self):
+        """Per-sample FLOPs of :meth:`proba` plus the exit decision."""
+        return head_flops(self.n_features, self.n_classes, self.metric, self.scale is not None)
+
+    def nbytes(self, itemsize=8):
+        """Bytes the head stores for inference (means or W, norms/intercepts, scales)."""
+        K, D = self.means.shape
+        if self.metric == "mahalanobis":
+            return (K * D + K) * itemsize
+        return (K * D + K + (K if self.scale is not None else 0)) * itemsize

@@ -1,0 +1,788 @@
+"""EarlyExitClassMeans: E²CM early exits on any staged extractor."""
+
+import numbers
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from ._class_means import ClassStatsAccumulator, ExitHead
+from ._routing import forward_all, route
+from ._thresholds import (
+    ExitTable,
+    bisection_search,
+    cumulative_cost,
+    sweep,
+    time_sharing,
+    upper_hull,
+    warn_unreachable,
+)
+from .stages.sklearn import SklearnStages
+
+__all__ = ["EarlyExitClassMeans"]
+
+
+def _is_torch_module(obj):
+    if "torch" not in sys.modules:
+        return False
+    import torch
+
+    return isinstance(obj, torch.nn.Module)
+
+
+def _is_torch_stages(stages):
+    if stages is None or isinstance(stages, Pipeline):
+        return False
+    if _is_torch_module(stages):
+        return True
+    if isinstance(stages, (list, tuple)) and stages:
+        kinds = [_is_torch_module(s) for s in stages]
+        if any(kinds) and not all(kinds):
+            raise TypeError(
+                "stages mixes torch modules and other objects; pass either torch modules "
+                "or scikit-learn estimators."
+            )
+        return all(kinds)
+    return False
+
+
+def _progress(verbose, desc, total=None):
+    if not verbose:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda it: tqdm(it, desc=desc, total=total, leave=False)
+
+
+class _LabelIndex:
+    """Maps raw labels to class indices; new labels may appear while streaming."""
+
+    def __init__(self, classes=None):
+        self.labels = [] if classes is None else list(classes)
+        self._map = {lab: i for i, lab in enumerate(self.labels)}
+
+    def __call__(self, y):
+        y = np.asarray(y)
+        uniq, inv = np.unique(y, return_inverse=True)
+        idx = np.empty(uniq.shape[0], dtype=np.intp)
+        for i, lab in enumerate(uniq.tolist()):  # loop over the distinct labels of a batch only
+            if lab not in self._map:
+                self._map[lab] = len(self.labels)
+                self.labels.append(lab)
+            idx[i] = self._map[lab]
+        return idx[inv.reshape(-1)]
+
+    def sorted_order(self):
+        """(sorted classes, permutation from discovery order to sorted order)."""
+        arr = np.asarray(self.labels)
+        order = np.argsort(arr, kind="stable")
+        return arr[order], order
+
+
+class EarlyExitClassMeans(ClassifierMixin, BaseEstimator):
+    """Early Exit Class Means (E²CM) on a trained staged model.
+
+    After every stage of a trained model the stage output is compared with the
+    mean output of each class; a sample whose exit probability (softmax of the
+    negative, normalised distances to the class means) exceeds the stage's
+    threshold leaves there with the nearest class as its prediction. The
+    model is never modified and nothing is trained by gradient descent:
+    fitting is one pass over the training data to get the class means, plus a
+    threshold search on cached per-stage arrays.
+
+    Parameters
+    ----------
+    stages : None, list, Pipeline or torch module, default=None
+        The staged model. ``None``: the input itself is the only stage (E²CM is
+        then a nearest-centroid classifier with calibrated probabilities). A
+        list of scikit-learn transformers, optionally ending in a classifier,
+        or a :class:`~sklearn.pipeline.Pipeline` (unfitted steps are fitted
+        in sequence on the training data, fitted ones are used as they are).
+        A torch ``nn.Sequential`` (each child a stage), a list of torch
+        modules, or a torch model split with
+        :func:`sklearn_e2cm.stages.split_into_stages`.
+    flops_target : float in (0, 1] or None, default=None
+        Expected cost per sample, normalised so that the base model costs 1.
+        ``None``: no early exit (the base model's own predictions).
+    thresholds : array-like of shape (n_stages - 1,), default=None
+        Explicit exit thresholds in [0, 1]; override the search.
+    threshold_search : {"hull", "bisect"}, default="hull"
+        ``"hull"``: sweep ``n_targets`` FLOP targets, keep the upper concave
+        hull of (cost, accuracy) on the tuning data and serve
+        ``flops_target`` by time sharing between the two hull vertices around
+        it. ``"bisect"``: the paper's single-target search.
+    metric : {"euclidean", "mahalanobis"}, default="euclidean"
+        Distance to the class means.
+    pooling : None, int, tuple, str, list or callable, default=None
+        Feature reduction of torch stage outputs before the class means
+        (e.g. ``("max", (8, 2, 2))``, ``("avg", 4)``, ``"avg4"``).
+    normalize : bool, default=True
+        Divide distances by their mean over the tuning data (eq. 4).
+    calibration : None, float in (0, 1) or int, default=None
+        ``None``: tune thresholds (and eq. 4 scales) on the training data, as
+        the paper does. A fraction or a count: hold out that part of the
+        training data (stratified) for tuning.
+    stage_costs : array-like of shape (n_stages,) or dict, default=None
+        Per-sample FLOPs of each stage overriding the cost model; a dict maps
+        stage indices to FLOPs and leaves the other stages counted.
+    n_targets : int, default=1000
+        Size of the FLOP-target grid swept by ``threshold_search="hull"``.
+    final_classifier : "auto" or bool, default="auto"
+        Whether the last stage outputs the base model's class scores (then a
+        sample reaching the end gets the base model's prediction).
+    batch_size : int, default=1024
+        Rows per batch when streaming through the stages.
+    device : str, default="cpu"
+        Torch device for torch stages.
+    cache_size : float, default=1e9
+        Bytes of stage vectors kept in memory while fitting so that the
+        tuning pass does not run those stages again.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the threshold initialisation and the time-sharing assignment.
+    verbose : int, default=0
+        Progress bars when positive.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    n_stages_ : int
+    class_means_ : list of ndarray of shape (n_classes, D_j)
+    distance_scale_ : list of ndarray of shape (n_classes,) or None
+    thresholds_ : ndarray of shape (n_stages - 1,)
+        Thresholds of the main operating point (the hull vertex with the
+        larger time-sharing weight).
+    mixture_thresholds_ : ndarray of shape (n_components, n_stages - 1)
+    mixture_weights_ : ndarray of shape (n_components,)
+    stage_flops_ : ndarray of shape (n_stages,)
+    exit_flops_ : ndarray of shape (n_stages,)
+        Per-sample FLOPs of each exit head (pooling included; 0 where the
+        base model's classifier decides).
+    cumulative_cost_ : ndarray of shape (n_stages,)
+        Normalised cost of leaving after each stage with every head active.
+    expected_flops_ : float
+        Expected normalised cost of the operating point on the tuning data.
+    expected_accuracy_ : float
+    tradeoff_ : pandas.DataFrame
+        Swept operating points (``target``, ``flops``, ``accuracy``,
+        ``thresholds``, ``on_hull``).
+    memory_overhead_bytes_ : int
+        Bytes of class means, norms and scales stored for the active exits.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.decomposition import PCA
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = EarlyExitClassMeans(
+    ...     stages=[StandardScaler(), PCA(16), LogisticRegression(max_iter=300)],
+    ...     flops_target=0.5, random_state=0).fit(X, y)
+    >>> clf.n_stages_
+    3
+    >>> r = clf.route(X)
+    >>> abs(r.flops.mean() - 0.5) < 0.05
+    True
+    """
+
+    _parameter_constraints = {
+        "stages": "no_validation",
+        "flops_target": [Interval(numbers.Real, 0, 1, closed="right"), None],
+        "thresholds": ["array-like", None],
+        "threshold_search": [StrOptions({"hull", "bisect"})],
+        "metric": [StrOptions({"euclidean", "mahalanobis"})],
+        "pooling": "no_validation",
+        "normalize": ["boolean"],
+        "calibration": [
+            Interval(numbers.Real, 0, 1, closed="neither"),
+            Interval(numbers.Integral, 1, None, closed="left"),
+            None,
+        ],
+        "stage_costs": ["array-like", dict, None],
+        "n_targets": [Interval(numbers.Integral, 2, None, closed="left")],
+        "final_classifier": [StrOptions({"auto"}), "boolean"],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "device": "no_validation",
+        "cache_size": [Interval(numbers.Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        stages=None,
+        *,
+        flops_target=None,
+        thresholds=None,
+        threshold_search="hull",
+        metric="euclidean",
+        pooling=None,
+        normalize=True,
+        calibration=None,
+        stage_costs=None,
+        n_targets=1000,
+        final_classifier="auto",
+        batch_size=1024,
+        device="cpu",
+        cache_size=1e9,
+        random_state=None,
+        verbose=0,
+    ):
+        self.stages = stages
+        self.flops_target = flops_target
+        self.thresholds = thresholds
+        self.threshold_search = threshold_search
+        self.metric = metric
+        self.pooling = pooling
+        self.normalize = normalize
+        self.calibration = calibration
+        self.stage_costs = stage_costs
+        self.n_targets = n_targets
+        self.final_classifier = final_classifier
+        self.batch_size = batch_size
+        self.device = device
+        self.cache_size = cache_size
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ tags
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        torch_backend = _is_torch_stages(self.stages)
+        tags.input_tags.two_d_array = not torch_backend
+        tags.input_tags.allow_nan = False
+        tags.classifier_tags.poor_score = True
+        tags.non_deterministic = False
+        return tags
+
+    # --------------------------------------------------------------- helpers
+    def _make_adapter(self):
+        if _is_torch_stages(self.stages):
+            from .stages.torch import TorchStages
+
+            return TorchStages(
+                self.stages,
+                pooling=self.pooling,
+                device=self.device,
+                batch_size=self.batch_size,
+                final_classifier=self.final_classifier,
+            )
+        if self.pooling is not None and not callable(self.pooling):
+            raise ValueError(
+                f"pooling={self.pooling!r} applies to torch stages (image-shaped outputs); "
+                "scikit-learn stages output 2-D features. Use pooling=None."
+            )
+        adapter = SklearnStages(self.stages, batch_size=self.batch_size)
+        if self.final_classifier is True and not adapter.final_is_classifier:
+            raise ValueError(
+                "final_classifier=True but the last stage is not a classifier "
+                f"({type(adapter._steps[-1]).__name__})."
+            )
+        return adapter
+
+    def _resolve_stage_costs(self, measured):
+        costs = np.asarray(measured, dtype=np.float64).copy()
+        M = costs.shape[0]
+        sc = self.stage_costs
+        if sc is None:
+            return costs
+        if isinstance(sc, dict):
+            for k, v in sc.items():
+                if not isinstance(k, numbers.Integral) or not -M <= k < M:
+                    raise ValueError(
+                        f"stage_costs key {k!r} is not a stage index in [0, {M - 1}]."
+                    )
+                costs[k] = float(v)
+        else:
+            arr = np.asarray(sc, dtype=np.float64)
+            if arr.shape != (M,):
+                raise ValueError(
+                    f"stage_costs has shape {arr.shape}; expected ({M},), one entry per stage."
+                )
+            costs = arr.copy()
+        if np.any(~np.isfinite(costs)) or np.any(costs < 0):
+            raise ValueError(f"stage_costs must be finite and >= 0; got {costs.tolist()}.")
+        return costs
+
+    # ------------------------------------------------------------------- fit
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit the class means and choose the thresholds.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or for torch stages
+            an array/tensor of shape (n_samples, ...) or a DataLoader of
+            ``(x, y)`` batches (then ``y=None``).
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self : object
+        """
+        adapter = self._make_adapter()
+        torch_backend = adapter.backend == "torch"
+        rng = check_random_state(self.random_state)
+        streaming = False
+        if torch_backend:
+            X, y, streaming = self._check_torch_input(X, y, reset=True)
+        else:
+            if y is None:
+                raise ValueError(
+                    "requires y to be passed, but the target y is None (labels are needed for "
+                    "the class means)."
+                )
+            X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
+        if not streaming:
+            check_classification_targets(y)
+            classes = np.unique(y)
+            self._check_n_classes(classes)
+            if sample_weight is not None:
+                sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        elif sample_weight is not None:
+            raise ValueError("sample_weight is not supported with a DataLoader input.")
+
+        # ---- split off the calibration (tuning) part
+        X_fit, y_fit, w_fit = X, y, sample_weight
+        X_tune = y_tune = w_tune = None
+        if self.calibration is not None:
+            if streaming:
+                raise ValueError(
+                    "calibration= needs array input to hold data out; got a DataLoader. "
+                    "Hold out the tuning data yourself or use calibration=None."
+                )
+            idx = np.arange(len(y))
+            try:
+                fit_idx, tune_idx = train_test_split(
+                    idx, test_size=self.calibration, stratify=y,
+                    random_state=rng.randint(np.iinfo(np.int32).max),
+                )
+            except ValueError as exc:
+                raise ValueError(
+                    f"calibration={self.calibration!r} cannot hold out a stratified tuning set "
+                    f"from {len(y)} samples: {exc}"
+                ) from exc
+            X_fit, y_fit = self._take(X, fit_idx), y[fit_idx]
+            X_tune, y_tune = self._take(X, tune_idx), y[tune_idx]
+            if sample_weight is not None:
+                w_fit, w_tune = sample_weight[fit_idx], sample_weight[tune_idx]
+
+        labels = _LabelIndex(None if streaming else np.unique(y))
+        if torch_backend:
+            adapter.fit(X_fit)
+        else:
+            adapter.fit(X_fit, y_fit, w_fit)
+        if not streaming:
+            adapter.set_classes(np.asarray(labels.labels))
+        stage_flops = self._resolve_stage_costs(adapter.stage_flops_)
+        M = adapter.n_stages
+
+        # ---- pass 1: class statistics (and cached stage vectors)
+        same_tuning = X_tune is None
+        stats, cache, final_fit, n_cached_from = self._pass_statistics(
+            adapter, X_fit, y_fit, w_fit, labels, same_tuning
+        )
+        classes, order = labels.sorted_order()
+        if streaming:
+            self._check_n_classes(classes)
+            adapter.set_classes(classes)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.shape[0])
+        self.classes_ = classes
+        K = classes.shape[0]
+        for acc in stats:
+            if acc.weights.shape[0] < K:
+                acc._grow(K, acc.sums.shape[1])
+        means = [acc.means()[order] for acc in stats]
+        weights_per_class = stats[0].weights[order]
+        empty = np.flatnonzero(weights_per_class <= 0)
+        if empty.size:
+            raise ValueError(
+                f"Classes {classes[empty].tolist()} have no training samples with positive "
+                "weight; every class needs samples to have a class mean."
+            )
+        for j, C in enumerate(means):
+            if not np.all(np.isfinite(C)):
+                raise ValueError(
+                    f"The class means of stage {j} contain NaN or inf: stage {j} produced "
+                    "non-finite activations on the training data."
+                )
+
+        # ---- pass 2: distances, eq. 4 scales, per-stage exit arrays on the tuning data
+        if same_tuning:
+            y_tune_idx, w_tune = final_fit["y_idx"], w_fit
+            y_tune_idx = inverse[y_tune_idx]
+            final_tune = final_fit["final"]
+            scores_src = (X_fit, cache, n_cached_from)
+        else:
+            y_tune_idx = inverse[labels(y_tune)]
+            final_tune = None
+            scores_src = (X_tune, None, M)
+        heads, conf, pred, final_idx = self._pass_tuning(
+            adapter, means, scores_src, w_tune, final_tune
+        )
+        if final_idx is not None:
+            pred[:, -1] = final_idx
+        correct = pred == y_tune_idx[:, None]
+        del cache
+
+        exit_flops = np.array(
+            [
+                0.0 if (j == M - 1 and adapter.final_is_classifier)
+                else heads[j].flops() + float(adapter.vector_flops_[j])
+                for j in range(M)
+            ]
+        )
+        self.stage_flops_ = stage_flops
+        self.exit_flops_ = exit_flops
+        self.n_stages_ = M
+        self.class_means_ = means
+        self.distance_scale_ = [h.scale for h in heads]
+        self._heads = heads
+        self._adapter = adapter
+        last_head = not adapter.final_is_classifier
+        table = ExitTable(conf, correct, stage_flops, exit_flops, last_head, w_tune)
+        self.cumulative_cost_ = table.full_cost
+        self._choose_operating_point(table, rng)
+        self._routing_seed = int(rng.randint(np.iinfo(np.int32).max))
+        itemsize = 4 if torch_backend else 8
+        used = set(np.flatnonzero(self.mixture_thresholds_.min(axis=0) < 1.0).tolist())
+        if last_head:
+            used.add(M - 1)
+        self.memory_overhead_bytes_ = int(
+            sum(heads[j].nbytes(itemsize) for j in used) + 8 * (M - 1)
+        )
+        return self
+
+    def _check_n_classes(self, classes):
+        if len(classes) < 2:
+            raise ValueError(
+                f"EarlyExitClassMeans needs at least 2 classes; got 1 class: "
+                f"{np.asarray(classes).tolist()}."
+            )
+
+    @staticmethod
+    def _take(X, idx):
+        if hasattr(X, "iloc"):
+            return X.iloc[idx]
+        return X[idx]
+
+    def _check_torch_input(self, X, y, reset):
+        """Validate torch-stage input: arrays/tensors or a DataLoader."""
+        from .stages.torch import is_dataloader
+
+        if is_dataloader(X):
+            if y is not None:
+                raise ValueError("y must be None when X is a DataLoader of (x, y) batches.")
+            return X, None, True
+        if "torch" in sys.modules:
+            import torch
+
+            if isinstance(X, torch.Tensor):
+                Xn = X
+            else:
+                Xn = np.asarray(X, dtype=np.float32)
+        else:
+            Xn = np.asarray(X, dtype=np.float32)
+        shape = tuple(Xn.shape[1:])
+        if Xn.ndim < 2 or Xn.shape[0] < 1:
+            raise ValueError(f"Expected an array of shape (n_samples, ...); got {tuple(Xn.shape)}.")
+        finite = bool(np.isfinite(Xn).all()) if isinstance(Xn, np.ndarray) else bool(
+            Xn.isfinite().all())
+        if not finite:
+            raise ValueError("Input X contains NaN or infinity.")
+        if reset:
+            self.input_shape_ = shape
+            self.n_features_in_ = int(np.prod(shape))
+        elif shape != self.input_shape_:
+            raise ValueError(
+                f"X has samples of shape {shape}, but {type(self).__name__} was fitted on "
+                f"samples of shape {self.input_shape_}."
+            )
+        if y is not None:
+            y = np.asarray(y.cpu() if hasattr(y, "cpu") else y)
+            if y.shape[0] != Xn.shape[0]:
+                raise ValueError(f"X has {Xn.shape[0]} samples but y has {y.shape[0]}.")
+        return Xn, y, False
+
+    def _batches(self, adapter, X, y, desc):
+        it = adapter.batches(X, y, self.batch_size)
+        prog = _progress(self.verbose, desc)
+        return prog(it) if prog else it
+
+    def _pass_statistics(self, adapter, X, y, w, labels, cache_ok):
+        """Pass 1: stream batches, accumulate class sums, cache a suffix of stage vectors."""
+        M = adapter.n_stages
+        stats = [ClassStatsAccumulator(scatter=self.metric == "mahalanobis") for _ in range(M)]
+        cache = [[] for _ in range(M)]
+        y_all, final_all = [], []
+        n_seen = 0
+        budget = float(self.cache_size) if cache_ok else 0.0
+        cached_from = M  # stages >= cached_from are cached (a suffix)
+        used = 0.0
+        for Xb, yb in self._batches(adapter, X, y, "E2CM fit (class means)"):
+            n = adapter.n_rows(Xb)
+            if yb is None:
+                raise ValueError("Training batches must carry labels: (x, y) pairs.")
+            y_idx = labels(yb)
+            wb = None if w is None else w[n_seen:n_seen + n]
+            vectors, fin = forward_all(adapter, Xb)
+            if fin is not None:
+                final_idx, final_proba = fin
+                vectors[-1] = final_proba
+                final_all.append(np.asarray(final_idx))
+            if n_seen == 0:  # decide which suffix of stages to cache from the first batch
+                per_row = [v.shape[1] * (4 if adapter.backend == "torch" else 8) for v in vectors]
+                n_total = self._n_total(X, n)
+                for j in range(M - 1, -1, -1):
+                    need = per_row[j] * n_total
+                    if used + need > budget:
+                        break
+                    used += need
+                    cached_from = j
+            for j, F in enumerate(vectors):
+                self._check_finite(adapter, F, j)
+                stats[j].update(F, y_idx, wb)
+                if j >= cached_from:
+                    cache[j].append(F)
+            y_all.append(y_idx)
+            n_seen += n
+        if n_seen == 0:
+            raise ValueError("X contains no samples.")
+        final = np.concatenate(final_all) if final_all else None
+        return stats, cache, {"y_idx": np.concatenate(y_all), "final": final}, cached_from
+
+    @staticmethod
+    def _n_total(X, n_first):
+        try:
+            return len(X.dataset)
+        except (AttributeError, TypeError):
+            pass
+        try:
+            return len(X)
+        except TypeError:
+            return n_first
+
+    @staticmethod
+    def _check_finite(adapter, F, j):
+        if adapter.backend == "torch":
+            ok = bool(F.isfinite().all())
+        else:
+            ok = bool(np.isfinite(F).all())
+        if not ok:
+            raise ValueError(
+                f"Stage {j} produced NaN or infinite activations; check the network and "
+                "the input scaling."
+            )
+
+    def _make_head(self, means, scale):
+        return ExitHead(means, scale=scale, metric="euclidean")
+
+    def _pass_tuning(self, adapter, means, source, w, final_cached):
+        """Pass 2: distances on the tuning data -> heads with eq. 4 scales, exit arrays."""
+        X, cache, cached_from = source
+        M = adapter.n_stages
+        raw_heads = [self._make_head(C, None) for C in means]
+        dist = [[] for _ in range(M)]
+        final_all = []
+
+        def add(j, F):
+            dist[j].append(adapter.to_numpy(raw_heads[j].distances(F)))
+
+        if cached_from > 0 or cache is None:
+            n_run = M if cache is None else cached_from
+            for Xb, _ in self._batches(adapter, X, None, "E2CM fit (distances)"):
+                vectors, fin = forward_all(adapter, Xb, n_run, final=cache is None)
+                if fin is not None:
+                    final_all.append(np.asarray(fin[0]))
+                    vectors[-1] = fin[1]
+                for j, F in enumerate(vectors):
+                    add(j, F)
+        if cache is not None:
+            for j in range(cached_from, M):
+                for F in cache[j]:
+                    add(j, F)
+                cache[j] = None  # free as we go
+        final_idx = final_cached if cache is not None else (
+            np.concatenate(final_all) if final_all else None)
+        heads, conf, pred = [], [], []
+        for j in range(M):
+            d = np.concatenate(dist[j])
+            dist[j] = None
+            scale = None
+            if self.normalize:
+                d64 = d.astype(np.float64)
+                scale = d64.mean(axis=0) if w is None else (w @ d64) / w.sum()
+                scale = np.where(scale > 0, scale, 1.0)
+            head = self._make_head(means[j], scale)
+            P = head.proba_from_distances(d)
+            heads.append(head)
+            conf.append(P.max(axis=1))
+            pred.append(P.argmax(axis=1))
+        return heads, np.column_stack(conf), np.column_stack(pred), final_idx
+
+    def _choose_operating_point(self, table, rng):
+        M = table.n_stages
+        M1 = M - 1
+        base_cost, base_acc = table.evaluate(np.ones(M1))
+        rows = []
+        if self.thresholds is not None:
+            T = np.asarray(self.thresholds, dtype=np.float64)
+            if T.shape != (M1,):
+                raise ValueError(
+                    f"thresholds has shape {T.shape}; expected ({M1},) for {M} stages "
+                    "(one threshold per stage but the last)."
+                )
+            if not np.all((T >= 0) & (T <= 1)):
+                raise ValueError(f"thresholds must lie in [0, 1]; got {T.tolist()}.")
+            mix_T, mix_w = T[None, :], np.array([1.0])
+            c, a = table.evaluate(T)
+            rows.append((np.nan, c, a, T, True))
+        elif self.flops_target is None or M == 1:
+            mix_T, mix_w = np.ones((1, M1)), np.array([1.0])
+            rows.append((np.nan if self.flops_target is None else self.flops_target,
+                         base_cost, base_acc, np.ones(M1), True))
+        elif self.threshold_search == "bisect":
+            target = float(self.flops_target)
+            if target < table.min_cost():
+                warn_unreachable(target, table.min_cost())
+            T, _ = bisection_search(table, target, rng)
+            mix_T, mix_w = T[None, :], np.array([1.0])
+            c, a = table.evaluate(T)
+            rows.append((target, c, a, T, True))
+        else:
+            targets = np.linspace(0, 1, self.n_targets + 1)[1:]
+            T, costs, accs = sweep(
+                table, targets, random_state=rng,
+                progress=_progress(self.verbose, "E2CM threshold sweep", len(targets)),
+            )
+            # the extremes: everything at the first exit, and the base model
+            T = np.vstack([T, np.zeros(M1), np.ones(M1)])
+            c0, a0 = table.evaluate(np.zeros(M1))
+            costs = np.append(costs, [c0, base_cost])
+            accs = np.append(accs, [a0, base_acc])
+            tg = np.append(targets, [np.nan, np.nan])
+            hull = upper_hull(costs, accs)
+            on_hull = np.zeros(costs.shape[0], bool)
+            on_hull[hull] = True
+            target = float(self.flops_target)
+            if target < costs[hull[0]] - 1e-12:
+                warn_unreachable(target, costs[hull[0]])
+            verts, mix_w = time_sharing(costs[hull], target)
+            mix_T = T[hull[verts]]
+            rows = list(zip(tg, costs, accs, list(T), on_hull))
+        self.mixture_thresholds_ = mix_T
+        self.mixture_weights_ = mix_w
+        self.thresholds_ = mix_T[int(np.argmax(mix_w))].copy()
+        self._mixture_costs = table.costs(mix_T)
+        cs, acc_ = table.evaluate_many(mix_T)
+        self.expected_flops_ = float(mix_w @ cs)
+        self.expected_accuracy_ = float(mix_w @ acc_)
+        self.tradeoff_ = pd.DataFrame(
+            {
+                "target": [r[0] for r in rows],
+                "flops": [r[1] for r in rows],
+                "accuracy": [r[2] for r in rows],
+                "thresholds": [np.asarray(r[3]) for r in rows],
+                "on_hull": [bool(r[4]) for r in rows],
+            }
+        )
+
+    # ------------------------------------------------------------- inference
+    def _validate_X(self, X):
+        check_is_fitted(self)
+        if self._adapter.backend == "torch":
+            X, _, streaming = self._check_torch_input(X, None, reset=False)
+            return X
+        return validate_data(self, X, dtype=np.float64, reset=False)
+
+    def route(self, X):
+        """Route every sample through the stages with early exits (one pass).
+
+        Returns
+        -------
+        result : RoutingResult
+            ``y_pred`` (labels), ``exit_stage`` (0-based) and ``flops``
+            (normalised cost) per sample, and ``proba``.
+        """
+        X = self._validate_X(X)
+        return self._route(X, return_proba=True)
+
+    def _route(self, X, return_proba=False):
+        adapter = self._adapter
+        ctx = getattr(adapter, "activate", None)
+        with (ctx() if ctx is not None else _nullcontext()):
+            res = route(
+                adapter, self._heads, self.mixture_thresholds_, self.mixture_weights_,
+                self._mixture_costs, X, batch_size=self.batch_size, seed=self._routing_seed,
+                return_proba=return_proba,
+                progress=_progress(self.verbose > 1, "E2CM predict"),
+            )
+        res.y_pred = self.classes_[res.y_pred]
+        return res
+
+    def predict(self, X):
+        """Predicted class of each sample, with early exits."""
+        X = self._validate_X(X)
+        return self._route(X).y_pred
+
+    def predict_proba(self, X):
+        """Probabilities of the exit that decided each sample."""
+        X = self._validate_X(X)
+        return self._route(X, return_proba=True).proba
+
+    def _staged(self, X):
+        adapter = self._adapter
+        M = self.n_stages_
+        preds = [[] for _ in range(M)]
+        probas = [[] for _ in range(M)]
+        ctx = getattr(adapter, "activate", None)
+        with (ctx() if ctx is not None else _nullcontext()):
+            for Xb, _ in adapter.batches(X, None, self.batch_size):
+                vectors, fin = forward_all(adapter, Xb)
+                for j, F in enumerate(vectors):
+                    if F is None:
+                        idx, P = fin
+                        P = adapter.to_numpy(P)
+                    else:
+                        P = adapter.to_numpy(self._heads[j].proba(F))
+                        idx = P.argmax(axis=1)
+                    preds[j].append(np.asarray(idx))
+                    probas[j].append(np.asarray(P, dtype=np.float64))
+        return [np.concatenate(p) for p in preds], [np.concatenate(p) for p in probas]
+
+    def staged_predict(self, X):
+        """Prediction of every stage for every sample (no early exit).
+
+        Yields one array of shape (n_samples,) per stage, in stage order; the
+        last one is the base model's prediction when it ends in a classifier.
+        """
+        X = self._validate_X(X)
+        preds, _ = self._staged(X)
+        for p in preds:
+            yield self.classes_[p]
+
+    def staged_predict_proba(self, X):
+        """Exit probabilities of every stage for every sample (no early exit)."""
+        X = self._validate_X(X)
+        _, probas = self._staged(X)
+        yield from probas
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,95 @@
+"""The common view of a staged feature extractor.
+
+Every backend (a list of scikit-learn transformers, a torch network split into
+stages, ...) is wrapped in a :class:`StageAdapter` so that the layers above it
+(exit heads, router, estimators) never look at the backend itself.
+
+Contract
+--------
+* ``n_stages``: number of stages ``M``. The router may exit after stages
+  ``0 .. M-2``; stage ``M-1`` always exits.
+* ``final_is_classifier``: True when the last stage outputs the base model's
+  class scores. The last stage is then *not* run by :meth:`run_stage`; the
+  router calls :meth:`final_outputs` on the last stage's *input* instead and
+  the final exit returns the base model's own prediction.
+* ``batches(X, y, batch_size)`` yields ``(Xb, yb)`` with ``Xb`` in the
+  backend's native array type (numpy for scikit-learn, torch tensor on the
+  adapter's device for torch) and ``yb`` a 1-D numpy array of raw labels or
+  ``None``.
+* ``run_stage(j, Z)`` maps stage ``j``'s input batch to its output batch.
+* ``stage_vector(j, Z)`` maps stage ``j``'s output batch to the 2-D array of
+  features the class means live in (flattened, after the optional feature
+  reduction). numpy float64 for scikit-learn, float32 torch tensor on the
+  device for torch.
+* ``take(Z, keep)`` keeps the rows of ``Z`` selected by the boolean numpy
+  mask ``keep`` (compaction: exited rows are not passed on).
+* ``stage_flops_``: per-sample FLOPs of each stage (multiply-add = 2),
+  ``vector_flops_``: per-sample FLOPs of turning each stage output into its
+  vector (pooling), ``vector_dims_``: ``D_j`` of every stage vector.
+  All three are 1-D numpy arrays of length ``n_stages``, available after
+  :meth:`fit`. For the last stage of a classifier chain the vector entries
+  are 0 (no class-mean head there).
+"""
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class StageAdapter(ABC):
+    """Uniform interface over a sequence of stages (see module docstring)."""
+
+    #: "numpy" or "torch": the array type of batches and stage vectors.
+    backend = "numpy"
+
+    @property
+    @abstractmethod
+    def n_stages(self):
+        """Number of stages."""
+
+    @property
+    @abstractmethod
+    def final_is_classifier(self):
+        """Whether the last stage outputs the base model's class scores."""
+
+    @abstractmethod
+    def fit(self, X, y, sample_weight=None):
+        """Prepare the stages on training data and measure FLOPs; return self."""
+
+    @abstractmethod
+    def batches(self, X, y=None, batch_size=None):
+        """Yield ``(Xb, yb)`` batches in the backend's native form."""
+
+    @abstractmethod
+    def run_stage(self, j, Z):
+        """Output of stage ``j`` for its input batch ``Z``."""
+
+    @abstractmethod
+    def stage_vector(self, j, Z):
+        """2-D feature matrix of stage ``j``'s output batch ``Z``."""
+
+    def final_outputs(self, Z):
+        """Base model's ``(class_index, proba)`` from the last stage's input.
+
+        ``class_index`` is a 1-D integer numpy array of indices into the
+        estimator's ``classes_``; ``proba`` a ``(n, K)`` array (numpy or
+        torch). Only called when :attr:`final_is_classifier` is True.
+        """
+        raise NotImplementedError
+
+    def take(self, Z, keep):
+        """Rows of ``Z`` selected by the boolean numpy mask ``keep``."""
+        return Z[keep]
+
+    def n_rows(self, Z):
+        """Number of rows of a batch."""
+        return Z.shape[0]
+
+    def to_numpy(self, a):
+        """A backend array as a numpy array (used for small per-sample outputs)."""
+        return np.asarray(a)
+
+    def set_classes(self, classes):
+        """Tell the adapter the estimator's sorted ``classes_`` (for the final classifier)."""
+        self.classes_ = np.asarray(classes)
+        return self

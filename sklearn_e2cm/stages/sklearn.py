@@ -1,0 +1,160 @@
+"""Stage adapter for a chain of scikit-learn transformers (last may be a classifier)."""
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import clone, is_classifier
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted, has_fit_parameter
+
+from .._class_means import softmax
+from .._flops import sklearn_flops
+from .base import StageAdapter
+
+__all__ = ["SklearnStages", "normalize_sklearn_stages"]
+
+
+def _is_fitted(est):
+    try:
+        check_is_fitted(est)
+        return True
+    except (NotFittedError, TypeError, AttributeError):
+        return False
+
+
+def normalize_sklearn_stages(stages):
+    """``(names, steps)`` from ``None``, a list of estimators or a Pipeline."""
+    if stages is None:
+        return ["input"], ["passthrough"]
+    if isinstance(stages, Pipeline):
+        names = [n for n, _ in stages.steps]
+        steps = [s for _, s in stages.steps]
+    else:
+        steps = list(stages)
+        names = [f"{i}:{type(s).__name__}" for i, s in enumerate(steps)]
+    if not steps:
+        raise ValueError("stages is empty; pass None (the input is the only stage) or a list.")
+    for i, s in enumerate(steps[:-1]):
+        if s is None or (isinstance(s, str) and s == "passthrough"):
+            continue
+        if not hasattr(s, "transform"):
+            raise TypeError(
+                f"Stage {names[i]!r} ({type(s).__name__}) has no transform(); every stage but "
+                "the last must be a transformer."
+            )
+    last = steps[-1]
+    if not (last is None or isinstance(last, str) or hasattr(last, "transform") or is_classifier(last)):
+        raise TypeError(
+            f"The last stage {names[-1]!r} ({type(last).__name__}) must be a transformer or a "
+            "classifier."
+        )
+    return names, steps
+
+
+class SklearnStages(StageAdapter):
+    """A list of scikit-learn transformers, optionally ending in a classifier.
+
+    Parameters
+    ----------
+    stages : None, list of estimators, or Pipeline
+        ``None`` makes the input itself the only stage.
+    batch_size : int or None
+        Rows per batch when streaming (``None``: one batch).
+    """
+
+    backend = "numpy"
+
+    def __init__(self, stages=None, batch_size=None):
+        self.names, self._steps = normalize_sklearn_stages(stages)
+        self.batch_size = batch_size
+        self.fitted_steps_ = None
+
+    @property
+    def n_stages(self):
+        return len(self._steps)
+
+    @property
+    def final_is_classifier(self):
+        last = self._steps[-1]
+        return not isinstance(last, str) and last is not None and is_classifier(last)
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit the unfitted steps in sequence (fitted ones are used as they are)."""
+        Z = X
+        fitted = []
+        widths = []
+        flops = []
+        for j, step in enumerate(self._steps):
+            name = self.names[j]
+            d_in = Z.shape[1]
+            if step is None or isinstance(step, str):
+                est = "passthrough"
+            elif _is_fitted(step):
+                est = step
+            else:
+                est = clone(step)
+                kw = {}
+                if sample_weight is not None and has_fit_parameter(est, "sample_weight"):
+                    kw["sample_weight"] = sample_weight
+                est.fit(Z, y, **kw)
+            fitted.append(est)
+            flops.append(sklearn_flops(est, d_in, name=name))
+            if j < self.n_stages - 1 or not self.final_is_classifier:
+                Z = self._transform(est, Z)
+                widths.append(Z.shape[1])
+            else:
+                widths.append(0)
+        self.fitted_steps_ = fitted
+        self.stage_flops_ = np.asarray(flops, dtype=np.float64)
+        self.vector_flops_ = np.zeros(self.n_stages)
+        self.vector_dims_ = np.asarray(widths, dtype=np.intp)
+        return self
+
+    @staticmethod
+    def _transform(est, Z):
+        if isinstance(est, str):
+            return Z
+        out = est.transform(Z)
+        if sp.issparse(out):
+            out = out.toarray()
+        return np.asarray(out, dtype=np.float64)
+
+    def batches(self, X, y=None, batch_size=None):
+        bs = batch_size or self.batch_size or X.shape[0]
+        n = X.shape[0]
+        for start in range(0, n, bs):
+            sl = slice(start, min(start + bs, n))
+            yield X[sl], (None if y is None else y[sl])
+
+    def run_stage(self, j, Z):
+        return self._transform(self.fitted_steps_[j], Z)
+
+    def stage_vector(self, j, Z):
+        return Z
+
+    def final_outputs(self, Z):
+        clf = self.fitted_steps_[-1]
+        pred = clf.predict(Z)
+        idx = np.searchsorted(self.classes_, pred)
+        if hasattr(clf, "predict_proba"):
+            proba = clf.predict_proba(Z)
+        else:
+            scores = clf.decision_function(Z)
+            if scores.ndim == 1:
+                scores = np.column_stack([np.zeros_like(scores), scores])
+            proba = softmax(scores)
+        cols = np.searchsorted(self.classes_, clf.classes_)
+        full = np.zeros((Z.shape[0], len(self.classes_)))
+        full[:, cols] = proba
+        return idx, full
+
+    def check_classes(self, classes):
+        """Ensure the final classifier knows exactly the estimator's classes."""
+        if self.final_is_classifier:
+            clf_classes = np.asarray(self.fitted_steps_[-1].classes_)
+            missing = np.setdiff1d(clf_classes, classes)
+            if missing.size:
+                raise ValueError(
+                    f"The final classifier predicts classes {missing.tolist()} that are not in "
+                    f"the training labels {np.asarray(classes).tolist()}."
+                )
