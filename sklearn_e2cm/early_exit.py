@@ -290,12 +290,10 @@ class EarlyExitClassMeans(ClassifierMixin, BaseEstimator):
             )
         return adapter
 
-    def _resolve_stage_costs(self, measured):
+    def _resolve_stage_costs(self, measured, errors):
         costs = np.asarray(measured, dtype=np.float64).copy()
         M = costs.shape[0]
         sc = self.stage_costs
-        if sc is None:
-            return costs
         if isinstance(sc, dict):
             for k, v in sc.items():
                 if not isinstance(k, numbers.Integral) or not -M <= k < M:
@@ -303,13 +301,18 @@ class EarlyExitClassMeans(ClassifierMixin, BaseEstimator):
                         f"stage_costs key {k!r} is not a stage index in [0, {M - 1}]."
                     )
                 costs[k] = float(v)
-        else:
+        elif sc is not None:
             arr = np.asarray(sc, dtype=np.float64)
             if arr.shape != (M,):
                 raise ValueError(
                     f"stage_costs has shape {arr.shape}; expected ({M},), one entry per stage."
                 )
             costs = arr.copy()
+        unknown = np.flatnonzero(np.isnan(costs))
+        if unknown.size:
+            j = int(unknown[0])
+            raise errors[j] if j in errors else ValueError(
+                f"The FLOPs of stage {j} are unknown; pass stage_costs=.")
         if np.any(~np.isfinite(costs)) or np.any(costs < 0):
             raise ValueError(f"stage_costs must be finite and >= 0; got {costs.tolist()}.")
         return costs
@@ -385,7 +388,8 @@ class EarlyExitClassMeans(ClassifierMixin, BaseEstimator):
             adapter.fit(X_fit, y_fit, w_fit)
         if not streaming:
             adapter.set_classes(np.asarray(labels.labels))
-        stage_flops = self._resolve_stage_costs(adapter.stage_flops_)
+        stage_flops = self._resolve_stage_costs(
+            adapter.stage_flops_, getattr(adapter, "cost_errors_", {}))
         M = adapter.n_stages
 
         # ---- pass 1: class statistics (and cached stage vectors)

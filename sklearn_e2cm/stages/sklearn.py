@@ -8,7 +8,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted, has_fit_parameter
 
 from .._class_means import softmax
-from .._flops import sklearn_flops
+from .._flops import UnknownCostError, sklearn_flops
 from .base import StageAdapter
 
 __all__ = ["SklearnStages", "normalize_sklearn_stages"]
@@ -81,6 +81,7 @@ class SklearnStages(StageAdapter):
     def fit(self, X, y, sample_weight=None):
         """Fit the unfitted steps in sequence (fitted ones are used as they are)."""
         Z = X
+        self.cost_errors_ = {}
         fitted = []
         widths = []
         flops = []
@@ -98,7 +99,11 @@ class SklearnStages(StageAdapter):
                     kw["sample_weight"] = sample_weight
                 est.fit(Z, y, **kw)
             fitted.append(est)
-            flops.append(sklearn_flops(est, d_in, name=name))
+            try:
+                flops.append(sklearn_flops(est, d_in, name=name))
+            except UnknownCostError as exc:  # raised later unless stage_costs covers it
+                flops.append(np.nan)
+                self.cost_errors_[j] = exc
             if j < self.n_stages - 1 or not self.final_is_classifier:
                 Z = self._transform(est, Z)
                 widths.append(Z.shape[1])
