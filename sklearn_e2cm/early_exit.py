@@ -766,6 +766,39 @@ class EarlyExitClassMeans(ClassifierMixin, BaseEstimator):
                     probas[j].append(np.asarray(P, dtype=np.float64))
         return [np.concatenate(p) for p in preds], [np.concatenate(p) for p in probas]
 
+    def exit_table(self, X, y=None, sample_weight=None):
+        """Per-stage exit arrays of this fitted estimator on new data (one forward pass).
+
+        Parameters
+        ----------
+        X : input accepted by :meth:`predict`
+        y : array-like of shape (n_samples,) or None
+            True labels: the table's score is accuracy. ``None``: the score is
+            agreement with the base model's (final exit's) prediction, which
+            needs no labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        table : ExitTable
+            Cached max exit probability and correctness of every sample at
+            every stage, with this estimator's cost model; threshold vectors
+            are evaluated and searched on it without running any stage.
+        """
+        X = self._validate_X(X)
+        preds, probas = self._staged(X)
+        conf = np.column_stack([P.max(axis=1) for P in probas])
+        pred = np.column_stack(preds)
+        if y is None:
+            ref = pred[:, -1]
+        else:
+            y = np.asarray(y)
+            ref = np.searchsorted(self.classes_, y)
+            ref = np.where(ref < len(self.classes_), ref, -1)
+            ref[self.classes_[np.clip(ref, 0, len(self.classes_) - 1)] != y] = -1
+        return ExitTable(conf, pred == ref[:, None], self.stage_flops_, self.exit_flops_,
+                         not self._adapter.final_is_classifier, sample_weight)
+
     def staged_predict(self, X):
         """Prediction of every stage for every sample (no early exit).
 

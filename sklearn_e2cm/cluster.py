@@ -1,0 +1,867 @@
+"""Deep embedded clustering (DEC) and DEC with early exits.
+
+:class:`DEC` is Xie, Girshick & Farhadi (2016): an autoencoder is pretrained
+to reconstruct its (corrupted) input, k-means on the embedding initialises the
+cluster centres, and the encoder and centres are then trained together by
+minimising ``KL(P || Q)`` between the Student-t soft assignment ``Q`` and the
+sharpened target distribution ``P``, refreshed every ``update_interval``
+batches, until fewer than ``tol`` of the labels change between refreshes.
+
+The private helpers below are the training machinery shared with the early
+exit version (E²CM paper §III-C, §IV-D). An exit head reuses the first
+``n_frozen_layers`` Linear layers of the large encoder (copied, frozen) and
+trains a small tail on top of them with exactly the same procedure::
+
+    large = DEC(...).fit(X)
+    encoder, centers, labels = _fit_prefix_head(
+        large.encoder_, 1, (large.embedding_dim,), X, **large._train_params())
+    centers, labels, mapping = _align_to(large.labels_, labels, centers)
+
+``encoder[: 2 * n_frozen_layers]`` of a head is then bit-identical to
+``large.encoder_[: 2 * n_frozen_layers]`` (Linear/ReLU pairs), so at inference
+the shared layers run once and each head's tail ``encoder[2 * n_frozen_layers:]``
+maps the shared activation to the head's embedding.
+
+Every network here is a ``torch.nn.Sequential`` of ``Linear`` layers with a
+``ReLU`` after each but the last. Torch is imported lazily: the rest of the
+package works without it.
+"""
+
+import copy
+import numbers
+from collections import namedtuple
+
+import numpy as np
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+)
+from sklearn.cluster import KMeans
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .metrics import align_labels
+
+__all__ = ["DEC"]
+
+_MAX_SEED = 2**31 - 1
+
+#: Names of the DEC parameters that drive training; ``DEC._train_params()``
+#: returns them as keyword arguments of :func:`_train_dec` and
+#: :func:`_fit_prefix_head`.
+_TRAIN_PARAM_NAMES = (
+    "n_clusters",
+    "pretrain_epochs",
+    "pretrain_lr",
+    "optimizer",
+    "noise",
+    "noise_level",
+    "self_train_lr",
+    "max_iter",
+    "update_interval",
+    "tol",
+    "batch_size",
+    "n_init",
+    "random_state",
+    "device",
+    "verbose",
+)
+
+#: Result of :func:`_train_dec`.
+_DECResult = namedtuple(
+    "_DECResult", ["encoder", "centers", "labels", "n_iter", "pretrain_loss"]
+)
+
+
+# --------------------------------------------------------------------------
+# torch plumbing
+# --------------------------------------------------------------------------
+
+
+def _import_torch():
+    """Import torch, or raise an ImportError that says how to install it."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "DEC and DECEarlyExit need PyTorch, which is not installed. Install it "
+            "with `pip install sklearn-e2cm[torch]` (or `pip install torch`)."
+        ) from exc
+    return torch
+
+
+def _check_device(device):
+    """``device`` as a ``torch.device``; ValueError naming it when unusable."""
+    torch = _import_torch()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a torch device; use e.g. 'cpu', 'cuda' or "
+            "'cuda:0'."
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available.")
+    return dev
+
+
+def _as_tensor(X, device):
+    """A float32 torch tensor of ``X`` on ``device`` (copies numpy input)."""
+    torch = _import_torch()
+    if isinstance(X, torch.Tensor):
+        return X.to(device=device, dtype=torch.float32)
+    return torch.tensor(np.asarray(X), dtype=torch.float32, device=device)
+
+
+def _build_encoder(dims, *, seed=None):
+    """``nn.Sequential`` of Linear layers ``dims[0] -> ... -> dims[-1]``.
+
+    A ReLU follows every Linear layer but the last. With ``seed`` the default
+    torch initialisation is drawn from that seed without touching the global
+    torch random state. The mirrored decoder of an encoder with ``dims`` is
+    ``_build_encoder(dims[::-1])``.
+    """
+    torch = _import_torch()
+    dims = [int(d) for d in dims]
+    if len(dims) < 2 or min(dims) < 1:
+        raise ValueError(
+            f"dims must list at least two positive layer sizes; got {tuple(dims)!r}."
+        )
+
+    def build():
+        layers = []
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            layers.append(torch.nn.Linear(d_in, d_out))
+            if i < len(dims) - 2:
+                layers.append(torch.nn.ReLU())
+        return torch.nn.Sequential(*layers)
+
+    if seed is None:
+        return build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build()
+
+
+def _linear_layers(encoder):
+    """The ``nn.Linear`` modules of ``encoder``, in order."""
+    torch = _import_torch()
+    return [m for m in encoder if isinstance(m, torch.nn.Linear)]
+
+
+def _encoder_dims(encoder):
+    """Layer sizes ``(d_in, ..., d_out)`` of an encoder built by :func:`_build_encoder`."""
+    linears = _linear_layers(encoder)
+    return (linears[0].in_features, *[m.out_features for m in linears])
+
+
+def _forward(module, X, *, batch_size, device):
+    """``module(X)`` in batches, without gradients, as a tensor on ``device``."""
+    torch = _import_torch()
+    X = _as_tensor(X, device)
+    module = module.to(device)
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        out = [module(X[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)]
+    module.train(was_training)
+    if not out:
+        return X[:, :0]
+    return torch.cat(out)
+
+
+def _make_optimizer(name, params, lr):
+    torch = _import_torch()
+    params = [p for p in params if p.requires_grad]
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"optimizer={name!r} is not supported; use 'adam' or 'sgd'.")
+
+
+def _corrupt(xb, noise, noise_level, generator):
+    """Denoising-autoencoder corruption of a batch (new tensor)."""
+    torch = _import_torch()
+    if noise is None or noise_level == 0:
+        return xb
+    if noise == "dropout":
+        keep = torch.rand(xb.shape, generator=generator, device=xb.device) >= noise_level
+        return xb * keep / (1.0 - noise_level)
+    if noise == "gaussian":
+        return xb + noise_level * torch.randn(
+            xb.shape, generator=generator, device=xb.device
+        )
+    raise ValueError(f"noise={noise!r} is not supported; use 'dropout', 'gaussian' or None.")
+
+
+def _batch_indices(n, batch_size, generator, device):
+    """Endless stream of shuffled index batches (reshuffled every epoch)."""
+    torch = _import_torch()
+    while True:
+        perm = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, batch_size):
+            yield perm[start : start + batch_size]
+
+
+def _progress(iterable, verbose, desc, total=None):
+    if not verbose:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+# --------------------------------------------------------------------------
+# DEC building blocks
+# --------------------------------------------------------------------------
+
+
+def _soft_assign_logits(Z, centers, alpha=1.0):
+    """Log-numerators of the Student-t kernel (torch).
+
+    ``q_ij ∝ (1 + ||z_i - mu_j||² / alpha) ** (-(alpha + 1) / 2)``, so
+    ``softmax`` of the returned ``(n, K)`` tensor is ``Q``.
+    """
+    torch = _import_torch()
+    d2 = (Z[:, None, :] - centers[None, :, :]).pow(2).sum(-1)
+    return -(alpha + 1.0) / 2.0 * torch.log1p(d2 / alpha)
+
+
+def _soft_assign_numpy(Z, centers, alpha=1.0):
+    """Student-t soft assignment ``Q`` of embeddings ``Z`` (numpy, float64)."""
+    Z = np.asarray(Z, dtype=np.float64)
+    C = np.asarray(centers, dtype=np.float64)
+    d2 = (Z * Z).sum(1)[:, None] - 2.0 * Z @ C.T + (C * C).sum(1)[None, :]
+    np.maximum(d2, 0.0, out=d2)
+    logits = -(alpha + 1.0) / 2.0 * np.log1p(d2 / alpha)
+    logits -= logits.max(axis=1, keepdims=True)
+    Q = np.exp(logits)
+    Q /= Q.sum(axis=1, keepdims=True)
+    return Q
+
+
+def _target_distribution(Q):
+    """DEC's sharpened target ``p_ij ∝ q_ij² / f_j`` with ``f_j = Σ_i q_ij``."""
+    weight = Q**2 / Q.sum(0)
+    return weight / weight.sum(1, keepdims=True)
+
+
+def _pretrain_autoencoder(
+    encoder,
+    X,
+    *,
+    epochs,
+    lr=1e-3,
+    optimizer="adam",
+    noise="dropout",
+    noise_level=0.2,
+    batch_size=256,
+    seed=0,
+    device="cpu",
+    verbose=False,
+    desc="DEC pretraining",
+):
+    """Pretrain ``encoder`` in place as a denoising autoencoder on ``X``.
+
+    A mirrored decoder (``_build_encoder(dims[::-1])``, seeded by ``seed``)
+    is trained jointly to reconstruct the clean input from its corruption
+    (``noise``: ``"dropout"`` zeroes each input with probability
+    ``noise_level`` and rescales the rest, ``"gaussian"`` adds noise of
+    standard deviation ``noise_level``, ``None`` none) under the mean
+    squared error. Parameters with ``requires_grad=False`` are not trained.
+    The decoder is discarded. Batches are reshuffled every epoch from a torch
+    generator seeded by ``seed``: the run is reproducible on CPU.
+
+    Parameters
+    ----------
+    encoder : torch.nn.Sequential
+        Trained in place; returned on the CPU.
+    X : ndarray or torch.Tensor of shape (n_samples, dims[0])
+        The input to reconstruct.
+
+    Returns
+    -------
+    loss_curve : list of float
+        Mean training loss of every epoch.
+    """
+    torch = _import_torch()
+    device = torch.device(device)
+    X = _as_tensor(X, device)
+    n = X.shape[0]
+    decoder = _build_encoder(_encoder_dims(encoder)[::-1], seed=seed).to(device)
+    encoder.to(device).train()
+    opt = _make_optimizer(optimizer, [*encoder.parameters(), *decoder.parameters()], lr)
+    shuffle_gen = torch.Generator().manual_seed(int(seed))
+    noise_gen = torch.Generator(device=device).manual_seed(int(seed) + 1)
+    loss_curve = []
+    for _ in _progress(range(epochs), verbose, desc):
+        total = torch.zeros((), device=device)
+        perm = torch.randperm(n, generator=shuffle_gen).to(device)
+        for start in range(0, n, batch_size):
+            xb = X[perm[start : start + batch_size]]
+            rec = decoder(encoder(_corrupt(xb, noise, noise_level, noise_gen)))
+            loss = torch.nn.functional.mse_loss(rec, xb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * xb.shape[0]
+        loss_curve.append(float(total) / max(n, 1))
+    encoder.cpu().eval()
+    return loss_curve
+
+
+def _kmeans_init(encoder, X, n_clusters, *, n_init=20, random_state=None, batch_size=256,
+                 device="cpu"):
+    """k-means (scikit-learn) on the embedding ``encoder(X)``.
+
+    Returns
+    -------
+    centers : ndarray of float32 of shape (n_clusters, embedding_dim)
+    labels : ndarray of int64 of shape (n_samples,)
+    """
+    Z = _forward(encoder, X, batch_size=batch_size, device=device).cpu().numpy()
+    encoder.cpu()
+    km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=random_state).fit(Z)
+    return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
+
+
+def _self_train(
+    encoder,
+    centers,
+    X,
+    *,
+    max_iter,
+    update_interval=140,
+    tol=1e-3,
+    lr=0.01,
+    batch_size=256,
+    seed=0,
+    device="cpu",
+    verbose=False,
+    desc="DEC self-training",
+):
+    """DEC self-training of ``encoder`` (in place) and ``centers``.
+
+    Minimises ``KL(P || Q)`` with SGD (momentum 0.9, learning rate ``lr``)
+    over the trainable encoder parameters and the centres, one shuffled
+    mini-batch per iteration. ``Q`` is the Student-t soft assignment
+    (alpha = 1); the target ``P`` is recomputed on all of ``X`` every
+    ``update_interval`` iterations, and training stops there when fewer than
+    a fraction ``tol`` of the hard labels changed since the previous refresh,
+    or after ``max_iter`` iterations.
+
+    Parameters
+    ----------
+    encoder : torch.nn.Sequential
+        Trained in place; returned on the CPU in eval mode.
+    centers : array-like of shape (n_clusters, embedding_dim)
+        Initial centres (k-means).
+    X : ndarray or torch.Tensor of shape (n_samples, dims[0])
+
+    Returns
+    -------
+    centers : ndarray of float32 of shape (n_clusters, embedding_dim)
+    labels : ndarray of int64 of shape (n_samples,)
+        Hard assignments of ``X`` by the returned encoder and centres.
+    n_iter : int
+        Number of mini-batch iterations run.
+    """
+    torch = _import_torch()
+    device = torch.device(device)
+    X = _as_tensor(X, device)
+    n = X.shape[0]
+    encoder.to(device).train()
+    mu = torch.nn.Parameter(torch.as_tensor(np.asarray(centers), dtype=torch.float32,
+                                            device=device).clone())
+    opt = _make_optimizer("sgd", [*encoder.parameters(), mu], lr)
+    batches = _batch_indices(n, batch_size, torch.Generator().manual_seed(int(seed)), device)
+    labels_last = None
+    target = None
+    n_iter = 0
+    bar = _progress(range(max_iter), verbose, desc, total=max_iter)
+    for it in bar:
+        if it % update_interval == 0:
+            Z = _forward(encoder, X, batch_size=batch_size, device=device)
+            Q = torch.softmax(_soft_assign_logits(Z, mu.detach()), dim=1)
+            target = _target_distribution(Q)
+            labels = Q.argmax(1)
+            if labels_last is not None:
+                delta = (labels != labels_last).float().mean().item()
+                if verbose:
+                    bar.set_postfix(delta_label=f"{delta:.4f}")
+                if delta < tol:
+                    break
+            labels_last = labels
+        idx = next(batches)
+        log_q = torch.log_softmax(_soft_assign_logits(encoder(X[idx]), mu), dim=1)
+        loss = torch.nn.functional.kl_div(log_q, target[idx], reduction="batchmean")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n_iter = it + 1
+    if verbose and hasattr(bar, "close"):
+        bar.close()
+    encoder.cpu().eval()
+    centers = mu.detach().cpu().numpy().astype(np.float32)
+    Z = _forward(encoder, X, batch_size=batch_size, device=device).cpu().numpy()
+    encoder.cpu()
+    labels = _soft_assign_numpy(Z, centers).argmax(1).astype(np.int64)
+    return centers, labels, n_iter
+
+
+def _train_dec(
+    encoder,
+    X,
+    *,
+    n_clusters,
+    pretrain_epochs,
+    pretrain_lr=1e-3,
+    optimizer="adam",
+    noise="dropout",
+    noise_level=0.2,
+    self_train_lr=0.01,
+    max_iter=20000,
+    update_interval=140,
+    tol=1e-3,
+    batch_size=256,
+    n_init=20,
+    random_state=None,
+    device="cpu",
+    verbose=False,
+    desc="DEC",
+):
+    """The whole DEC procedure on a fresh ``encoder`` (trained in place).
+
+    Pretraining (:func:`_pretrain_autoencoder`), k-means initialisation
+    (:func:`_kmeans_init`) and self-training (:func:`_self_train`). The
+    seeds of the three phases are drawn, in that order, from
+    ``check_random_state(random_state)``.
+
+    Returns
+    -------
+    result : _DECResult
+        ``(encoder, centers, labels, n_iter, pretrain_loss)``: the trained
+        encoder (CPU, eval mode), float32 centres ``(n_clusters, D)``, int64
+        training labels, the number of self-training iterations and the
+        pretraining loss curve.
+    """
+    rng = check_random_state(random_state)
+    pretrain_seed, kmeans_seed, self_train_seed = (int(s) for s in rng.randint(_MAX_SEED, size=3))
+    loss_curve = _pretrain_autoencoder(
+        encoder, X, epochs=pretrain_epochs, lr=pretrain_lr, optimizer=optimizer, noise=noise,
+        noise_level=noise_level, batch_size=batch_size, seed=pretrain_seed, device=device,
+        verbose=verbose, desc=f"{desc} pretraining",
+    )
+    centers, _ = _kmeans_init(encoder, X, n_clusters, n_init=n_init, random_state=kmeans_seed,
+                              batch_size=batch_size, device=device)
+    centers, labels, n_iter = _self_train(
+        encoder, centers, X, max_iter=max_iter, update_interval=update_interval, tol=tol,
+        lr=self_train_lr, batch_size=batch_size, seed=self_train_seed, device=device,
+        verbose=verbose, desc=f"{desc} self-training",
+    )
+    return _DECResult(encoder, centers, labels, n_iter, loss_curve)
+
+
+def _fit_prefix_head(large_encoder, n_frozen_layers, head_dims, X, *, desc=None, **train_params):
+    """Train an exit head on a frozen prefix of ``large_encoder``.
+
+    The head's encoder is the first ``n_frozen_layers`` Linear layers of
+    ``large_encoder`` (each with its ReLU), deep-copied and frozen
+    (``requires_grad=False``), followed by a fresh trainable tail of Linear
+    layers with output sizes ``head_dims`` (the last one the embedding, no
+    activation). The tail is trained by the whole DEC procedure
+    (:func:`_train_dec`) on the frozen prefix's output, which is computed
+    once: its autoencoder mirrors the tail and reconstructs that output.
+    E.g. the paper's ``DEC_small`` is ``n_frozen_layers=1, head_dims=(10,)``
+    and ``DEC_middle`` is ``n_frozen_layers=2, head_dims=(10,)``.
+
+    Parameters
+    ----------
+    large_encoder : torch.nn.Sequential
+        A trained encoder built by :func:`_build_encoder` (e.g.
+        ``DEC().fit(X).encoder_``). Not modified.
+    n_frozen_layers : int
+        Number of leading Linear layers to copy and freeze, ``0 <= n <
+        number of Linear layers`` (0 trains an independent DEC).
+    head_dims : sequence of int
+        Output sizes of the tail's Linear layers.
+    X : array-like of shape (n_samples, n_features)
+        Training data (the input of ``large_encoder``).
+    desc : str, default=None
+        Progress-bar label.
+    **train_params
+        Keyword arguments of :func:`_train_dec` (``n_clusters``,
+        ``pretrain_epochs``, ..., ``random_state``), e.g.
+        ``DEC._train_params()``.
+
+    Returns
+    -------
+    encoder : torch.nn.Sequential
+        ``prefix + tail`` on the CPU in eval mode: ``encoder[:2 *
+        n_frozen_layers]`` is the frozen copy, ``encoder[2 *
+        n_frozen_layers:]`` the trained tail.
+    centers : ndarray of float32 of shape (n_clusters, head_dims[-1])
+    labels : ndarray of int64 of shape (n_samples,)
+        The head's training assignments (not aligned; see :func:`_align_to`).
+    """
+    torch = _import_torch()
+    n_linear = len(_linear_layers(large_encoder))
+    if not isinstance(n_frozen_layers, numbers.Integral) or not 0 <= n_frozen_layers < n_linear:
+        raise ValueError(
+            f"n_frozen_layers must be an integer in [0, {n_linear}) for an encoder with "
+            f"{n_linear} Linear layers; got {n_frozen_layers!r}."
+        )
+    head_dims = tuple(int(d) for d in head_dims)
+    if not head_dims:
+        raise ValueError("head_dims must list at least one layer size; got ().")
+    n_prefix_modules = 2 * int(n_frozen_layers)
+    prefix = copy.deepcopy(large_encoder[:n_prefix_modules]).cpu().eval()
+    for p in prefix.parameters():
+        p.requires_grad_(False)
+    device = _check_device(train_params.get("device", "cpu"))
+    batch_size = int(train_params.get("batch_size", 256))
+    H = _forward(prefix, X, batch_size=batch_size, device=device)
+    prefix.cpu()
+    rng = check_random_state(train_params.pop("random_state", None))
+    tail_seed = int(rng.randint(_MAX_SEED))
+    tail = _build_encoder((H.shape[1], *head_dims), seed=tail_seed)
+    result = _train_dec(tail, H, random_state=rng,
+                        desc=desc or f"DEC head @{n_frozen_layers}", **train_params)
+    encoder = torch.nn.Sequential(*prefix, *result.encoder).cpu().eval()
+    for mine, theirs in zip(encoder[:n_prefix_modules].parameters(),
+                            large_encoder[:n_prefix_modules].parameters()):
+        if mine.requires_grad or not torch.equal(mine.detach().cpu(), theirs.detach().cpu()):
+            raise RuntimeError("the frozen prefix of an exit head changed during training")
+    return encoder, result.centers, result.labels
+
+
+def _align_to(reference_labels, labels, centers):
+    """Rename a head's clusters to agree with ``reference_labels`` (Hungarian).
+
+    Parameters
+    ----------
+    reference_labels : array-like of int of shape (n_samples,)
+        Training assignments of the final head, ids in ``[0, n_clusters)``.
+    labels : array-like of int of shape (n_samples,)
+        Training assignments of the head to align, same samples.
+    centers : ndarray of shape (n_clusters, D)
+        The head's cluster centres, row ``i`` for cluster ``i``.
+
+    Returns
+    -------
+    centers : ndarray of shape (n_clusters, D)
+        Reordered: row ``mapping[i]`` is the old row ``i``.
+    labels : ndarray of int64 of shape (n_samples,)
+        ``mapping[labels]``.
+    mapping : ndarray of int64 of shape (n_clusters,)
+        The permutation, from :func:`sklearn_e2cm.metrics.align_labels`.
+    """
+    centers = np.asarray(centers)
+    mapping = align_labels(reference_labels, labels, n_clusters=centers.shape[0])
+    aligned = np.empty_like(centers)
+    aligned[mapping] = centers
+    return aligned, mapping[np.asarray(labels, dtype=np.int64)], mapping
+
+
+# --------------------------------------------------------------------------
+# The estimator
+# --------------------------------------------------------------------------
+
+
+class DEC(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator):
+    """Deep embedded clustering (Xie, Girshick & Farhadi, 2016).
+
+    An encoder ``n_features - hidden... - embedding_dim`` (Linear layers,
+    ReLU after all but the last) is pretrained as a denoising autoencoder
+    with a mirrored decoder; k-means on the embedding initialises the
+    cluster centres; then encoder and centres are trained together by
+    minimising ``KL(P || Q)``, where ``Q`` is the Student-t soft assignment
+    (alpha = 1) of the embeddings to the centres and ``P`` the sharpened
+    target ``p_ij ∝ q_ij² / Σ_i q_ij``, recomputed every ``update_interval``
+    mini-batches. Self-training stops when fewer than a fraction ``tol`` of
+    the labels change between two target refreshes, or after ``max_iter``
+    mini-batches.
+
+    Needs PyTorch (``pip install sklearn-e2cm[torch]``).
+
+    Parameters
+    ----------
+    n_clusters : int, default=10
+        Number of clusters.
+    hidden : tuple of int, default=(500, 500, 2000)
+        Hidden layer sizes of the encoder (the decoder mirrors them). The
+        paper's architecture is ``d-500-500-2000-10``.
+    embedding_dim : int, default=10
+        Size of the embedding the clusters live in.
+    pretrain_epochs : int, default=200
+        Epochs of end-to-end autoencoder pretraining (0 skips it). The DEC
+        paper pretrains for 50 000 mini-batches of 256 on MNIST's 70 000
+        images, about 180 epochs.
+    pretrain_lr : float, default=1e-3
+        Pretraining learning rate.
+    optimizer : {"adam", "sgd"}, default="adam"
+        Pretraining optimiser (``"sgd"`` uses momentum 0.9).
+    noise : {"dropout", "gaussian"} or None, default="dropout"
+        Corruption of the denoising autoencoder's input: ``"dropout"``
+        zeroes each input feature with probability ``noise_level`` (the
+        paper uses 20 %), ``"gaussian"`` adds Gaussian noise of standard
+        deviation ``noise_level``, ``None`` trains a plain autoencoder.
+    noise_level : float, default=0.2
+        Dropout rate (in ``[0, 1)``) or Gaussian standard deviation.
+    self_train_lr : float, default=0.01
+        Learning rate of self-training (SGD with momentum 0.9, as the paper).
+    max_iter : int, default=20000
+        Maximum number of self-training mini-batches (0 keeps the k-means
+        centres of the pretrained embedding).
+    update_interval : int, default=140
+        Mini-batches between refreshes of the target distribution (the
+        paper's ``T = 140`` for MNIST).
+    tol : float, default=1e-3
+        Stop self-training when fewer than this fraction of the labels
+        changed between two refreshes (the paper's 0.1 %).
+    batch_size : int, default=256
+        Mini-batch size of both phases and of inference.
+    n_init : int, default=20
+        Number of k-means restarts for the initial centres.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, corruption, shuffling and k-means. An
+        int gives reproducible results on the CPU.
+    device : str or torch.device, default="cpu"
+        Where to train and run the network. Fitted modules are stored on
+        the CPU.
+    verbose : bool or int, default=False
+        Show progress bars (tqdm).
+
+    Attributes
+    ----------
+    labels_ : ndarray of int64 of shape (n_samples,)
+        Cluster of every training sample (``predict`` of the training data).
+    cluster_centers_ : ndarray of float32 of shape (n_clusters, embedding_dim)
+        Cluster centres in the embedding space.
+    encoder_ : torch.nn.Sequential
+        The trained encoder (CPU, eval mode): Linear/ReLU pairs and a final
+        Linear layer without activation.
+    n_iter_ : int
+        Number of self-training mini-batches run.
+    pretrain_loss_curve_ : list of float
+        Mean reconstruction loss of every pretraining epoch.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of str of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string feature
+        names.
+
+    See Also
+    --------
+    sklearn.cluster.KMeans : k-means on the raw input.
+    sklearn_e2cm.metrics.clustering_accuracy : Hungarian clustering accuracy.
+
+    References
+    ----------
+    J. Xie, R. Girshick and A. Farhadi, "Unsupervised deep embedding for
+    clustering analysis", ICML 2016.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_blobs
+    >>> from sklearn_e2cm import DEC
+    >>> from sklearn_e2cm.metrics import clustering_accuracy
+    >>> X, y = make_blobs(n_samples=200, centers=3, n_features=8, random_state=0)
+    >>> dec = DEC(n_clusters=3, hidden=(16,), embedding_dim=3, pretrain_epochs=5,
+    ...           max_iter=50, n_init=3, random_state=0).fit(X)
+    >>> dec.transform(X).shape
+    (200, 3)
+    >>> clustering_accuracy(y, dec.labels_)
+    1.0
+    """
+
+    _parameter_constraints = {
+        "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
+        "hidden": [tuple, list],
+        "embedding_dim": [Interval(numbers.Integral, 1, None, closed="left")],
+        "pretrain_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
+        "pretrain_lr": [Interval(numbers.Real, 0, None, closed="neither")],
+        "optimizer": [StrOptions({"adam", "sgd"})],
+        "noise": [StrOptions({"dropout", "gaussian"}), None],
+        "noise_level": [Interval(numbers.Real, 0, None, closed="left")],
+        "self_train_lr": [Interval(numbers.Real, 0, None, closed="neither")],
+        "max_iter": [Interval(numbers.Integral, 0, None, closed="left")],
+        "update_interval": [Interval(numbers.Integral, 1, None, closed="left")],
+        "tol": [Interval(numbers.Real, 0, 1, closed="both")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "device": "no_validation",
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        n_clusters=10,
+        *,
+        hidden=(500, 500, 2000),
+        embedding_dim=10,
+        pretrain_epochs=200,
+        pretrain_lr=1e-3,
+        optimizer="adam",
+        noise="dropout",
+        noise_level=0.2,
+        self_train_lr=0.01,
+        max_iter=20000,
+        update_interval=140,
+        tol=1e-3,
+        batch_size=256,
+        n_init=20,
+        random_state=None,
+        device="cpu",
+        verbose=False,
+    ):
+        self.n_clusters = n_clusters
+        self.hidden = hidden
+        self.embedding_dim = embedding_dim
+        self.pretrain_epochs = pretrain_epochs
+        self.pretrain_lr = pretrain_lr
+        self.optimizer = optimizer
+        self.noise = noise
+        self.noise_level = noise_level
+        self.self_train_lr = self_train_lr
+        self.max_iter = max_iter
+        self.update_interval = update_interval
+        self.tol = tol
+        self.batch_size = batch_size
+        self.n_init = n_init
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    # -- validation -------------------------------------------------------
+
+    def _check_params(self, n_samples):
+        """Checks beyond ``_parameter_constraints``; returns the hidden sizes."""
+        hidden = tuple(self.hidden)
+        if not all(
+            isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1
+            for h in hidden
+        ):
+            raise ValueError(
+                f"hidden must be a tuple of positive integers (layer sizes); got "
+                f"{self.hidden!r}."
+            )
+        if self.noise == "dropout" and self.noise_level >= 1:
+            raise ValueError(
+                f"noise_level must be in [0, 1) with noise='dropout'; got "
+                f"{self.noise_level!r}."
+            )
+        if n_samples < self.n_clusters:
+            raise ValueError(
+                f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}."
+            )
+        _check_device(self.device)
+        return tuple(int(h) for h in hidden)
+
+    def _train_params(self):
+        """Training keyword arguments for :func:`_train_dec` / :func:`_fit_prefix_head`."""
+        return {name: getattr(self, name) for name in _TRAIN_PARAM_NAMES}
+
+    # -- fitting ----------------------------------------------------------
+
+    def fit(self, X, y=None):
+        """Pretrain, initialise and self-train on ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        self : DEC
+            The fitted estimator.
+        """
+        self._validate_params()
+        _import_torch()
+        X = validate_data(self, X, dtype=[np.float32, np.float64])
+        hidden = self._check_params(X.shape[0])
+        params = self._train_params()
+        rng = check_random_state(params.pop("random_state"))
+        dims = (X.shape[1], *hidden, self.embedding_dim)
+        encoder = _build_encoder(dims, seed=int(rng.randint(_MAX_SEED)))
+        result = _train_dec(encoder, X, random_state=rng, **params)
+        self.encoder_ = result.encoder
+        self.cluster_centers_ = result.centers
+        self.n_iter_ = result.n_iter
+        self.pretrain_loss_curve_ = result.pretrain_loss
+        self._n_features_out = self.embedding_dim
+        self.labels_ = self._predict_embedded(self._embed(X))
+        return self
+
+    # -- inference --------------------------------------------------------
+
+    def _embed(self, X):
+        device = _check_device(self.device)
+        Z = _forward(self.encoder_, X, batch_size=self.batch_size, device=device)
+        self.encoder_.cpu()
+        return Z.cpu().numpy()
+
+    def _predict_embedded(self, Z):
+        return _soft_assign_numpy(Z, self.cluster_centers_).argmax(axis=1).astype(np.int64)
+
+    def _validate_X(self, X):
+        check_is_fitted(self)
+        return validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+
+    def transform(self, X):
+        """Embed ``X`` with the trained encoder.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        Z : ndarray of float32 of shape (n_samples, embedding_dim)
+            The embeddings.
+        """
+        return self._embed(self._validate_X(X))
+
+    def soft_assign(self, X):
+        """Student-t soft assignment ``Q`` of ``X`` to the clusters.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        Q : ndarray of float64 of shape (n_samples, n_clusters)
+            Rows sum to one.
+        """
+        return _soft_assign_numpy(self.transform(X), self.cluster_centers_)
+
+    def predict(self, X):
+        """Cluster of each sample (argmax of the soft assignment).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input data.
+
+        Returns
+        -------
+        labels : ndarray of int64 of shape (n_samples,)
+            Cluster indices in ``[0, n_clusters)``.
+        """
+        return self._predict_embedded(self.transform(X))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags

@@ -1,0 +1,358 @@
+"""Tests for sklearn_e2cm.cluster: DEC and the training machinery of DECEarlyExit."""
+
+import pickle
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.datasets import load_digits, make_blobs
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import cross_val_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+torch = pytest.importorskip("torch")
+
+from sklearn_e2cm.cluster import (  # noqa: E402
+    DEC,
+    _align_to,
+    _build_encoder,
+    _fit_prefix_head,
+    _forward,
+    _import_torch,
+    _linear_layers,
+    _pretrain_autoencoder,
+    _soft_assign_numpy,
+    _target_distribution,
+)
+from sklearn_e2cm.metrics import clustering_accuracy, clustering_accuracy_scorer  # noqa: E402
+
+# A tiny but faithful configuration: d-32-32-64-5, small batches so that the
+# few epochs still make enough optimiser steps.
+TINY = dict(
+    hidden=(32, 32, 64),
+    embedding_dim=5,
+    pretrain_epochs=20,
+    batch_size=64,
+    max_iter=200,
+    update_interval=20,
+    n_init=5,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """5 well-separated blobs in 5-d pushed through x -> tanh(A x) into 50-d."""
+    X5, y = make_blobs(n_samples=500, centers=5, n_features=5, random_state=0)
+    A = np.random.RandomState(0).randn(5, 50)
+    return np.tanh(X5 @ A / 5), y
+
+
+@pytest.fixture(scope="module")
+def large(blobs):
+    X, _ = blobs
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return DEC(5, random_state=0, **TINY).fit(X)
+    finally:
+        torch.set_num_threads(n)
+
+
+# -- the estimator ---------------------------------------------------------
+
+
+def test_dec_matches_or_beats_kmeans_on_blobs(blobs, large):
+    X, y = blobs
+    km = KMeans(5, n_init=5, random_state=0).fit(X)
+    acc_km = clustering_accuracy(y, km.labels_)
+    acc_dec = clustering_accuracy(y, large.labels_)
+    assert acc_dec >= acc_km - 0.02
+    assert acc_dec > 0.95
+
+
+def test_dec_on_digits():
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    dec = DEC(
+        10, hidden=(64, 64, 128), embedding_dim=10, pretrain_epochs=30, batch_size=64,
+        max_iter=300, update_interval=30, n_init=5, random_state=0,
+    ).fit(X)
+    acc = clustering_accuracy(y, dec.labels_)
+    acc_km = clustering_accuracy(y, KMeans(10, n_init=5, random_state=0).fit_predict(X))
+    assert acc > 0.6
+    assert acc > acc_km - 0.1
+
+
+def test_fitted_attributes(blobs, large):
+    X, _ = blobs
+    assert large.n_features_in_ == 50
+    assert large.labels_.shape == (500,) and large.labels_.dtype == np.int64
+    assert set(np.unique(large.labels_)) <= set(range(5))
+    assert large.cluster_centers_.shape == (5, 5)
+    assert 0 < large.n_iter_ <= TINY["max_iter"]
+    assert len(large.pretrain_loss_curve_) == TINY["pretrain_epochs"]
+    assert large.pretrain_loss_curve_[-1] < large.pretrain_loss_curve_[0]
+    # encoder: Linear/ReLU pairs, final Linear without activation, on the CPU
+    modules = list(large.encoder_)
+    assert [type(m).__name__ for m in modules] == ["Linear", "ReLU"] * 3 + ["Linear"]
+    assert [m.out_features for m in _linear_layers(large.encoder_)] == [32, 32, 64, 5]
+    assert all(p.device.type == "cpu" for p in large.encoder_.parameters())
+    np.testing.assert_array_equal(large.get_feature_names_out(), [f"dec{i}" for i in range(5)])
+
+
+def test_predict_transform_soft_assign_consistent(blobs, large):
+    X, _ = blobs
+    np.testing.assert_array_equal(large.predict(X), large.labels_)
+    Z = large.transform(X)
+    assert Z.shape == (500, 5) and Z.dtype == np.float32
+    with torch.no_grad():
+        Z_direct = large.encoder_(torch.tensor(X, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(Z, Z_direct, rtol=1e-5, atol=1e-6)
+    Q = large.soft_assign(X)
+    assert Q.shape == (500, 5)
+    np.testing.assert_allclose(Q.sum(1), 1.0)
+    np.testing.assert_array_equal(Q.argmax(1), large.labels_)
+    # Student-t kernel with alpha = 1
+    d2 = ((Z[:, None, :].astype(float) - large.cluster_centers_[None]) ** 2).sum(-1)
+    q = 1.0 / (1.0 + d2)
+    np.testing.assert_allclose(Q, q / q.sum(1, keepdims=True), rtol=1e-5)
+
+
+def test_fit_predict_and_reproducibility(blobs, large):
+    X, _ = blobs
+    rng_state = torch.random.get_rng_state()
+    labels = DEC(5, random_state=0, **TINY).fit_predict(X)
+    # the global torch random state is left alone
+    assert torch.equal(torch.random.get_rng_state(), rng_state)
+    np.testing.assert_array_equal(labels, large.labels_)
+    again = DEC(5, random_state=0, **TINY).fit(X)
+    np.testing.assert_array_equal(again.cluster_centers_, large.cluster_centers_)
+    for a, b in zip(again.encoder_.state_dict().values(), large.encoder_.state_dict().values()):
+        assert torch.equal(a, b)
+    other = DEC(5, random_state=1, **TINY).fit(X)
+    assert not np.array_equal(other.cluster_centers_, large.cluster_centers_)
+
+
+def test_pickle_and_joblib_round_trip(blobs, large, tmp_path):
+    X, _ = blobs
+    restored = pickle.loads(pickle.dumps(large))
+    np.testing.assert_array_equal(restored.predict(X), large.predict(X))
+    np.testing.assert_array_equal(restored.transform(X), large.transform(X))
+    path = tmp_path / "dec.joblib"
+    joblib.dump(large, path)
+    np.testing.assert_array_equal(joblib.load(path).predict(X), large.labels_)
+
+
+def test_self_training_stopping_rules(blobs):
+    X, _ = blobs
+    small = dict(TINY, pretrain_epochs=3)
+    # tol=1: stops at the first target refresh after the start
+    dec = DEC(5, random_state=0, **dict(small, tol=1.0)).fit(X)
+    assert dec.n_iter_ == small["update_interval"]
+    # tol=0: never stops early
+    dec = DEC(5, random_state=0, **dict(small, tol=0.0, max_iter=30)).fit(X)
+    assert dec.n_iter_ == 30
+    # max_iter=0: the k-means centres of the pretrained embedding
+    dec = DEC(5, random_state=0, **dict(small, max_iter=0)).fit(X)
+    assert dec.n_iter_ == 0
+    km = KMeans(5, n_init=small["n_init"], random_state=0)
+    Z = dec.transform(X)
+    assert clustering_accuracy(dec.labels_, km.fit_predict(Z)) > 0.9
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(noise="gaussian", noise_level=0.1, optimizer="sgd", pretrain_lr=0.01),
+        dict(noise=None, pretrain_epochs=0, hidden=()),
+        dict(hidden=[16], verbose=True),
+    ],
+)
+def test_dec_variants_run(blobs, params, capsys):
+    X, _ = blobs
+    dec = DEC(5, random_state=0, **dict(TINY, max_iter=20, **params)).fit(X[:200])
+    assert dec.labels_.shape == (200,)
+    assert len(_linear_layers(dec.encoder_)) == len(tuple(dec.hidden)) + 1
+
+
+def test_scorer_with_dec(blobs):
+    X, y = blobs
+    dec = DEC(5, random_state=0, **dict(TINY, pretrain_epochs=10, max_iter=20))
+    scores = cross_val_score(dec, X, y, cv=2, scoring=clustering_accuracy_scorer)
+    assert np.all(scores > 0.8)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(n_clusters=0), "'n_clusters' parameter of DEC must be an int in the range"),
+        (dict(hidden=(16, 0)), r"hidden must be a tuple of positive integers.*\(16, 0\)"),
+        (dict(hidden=(16, "a")), r"hidden must be a tuple of positive integers.*'a'"),
+        (dict(hidden=16), "'hidden' parameter of DEC must be an instance of"),
+        (dict(noise="salt"), "'noise' parameter of DEC must be .*Got 'salt'"),
+        (dict(noise_level=1.0), r"noise_level must be in \[0, 1\) with noise='dropout'; got 1.0"),
+        (dict(optimizer="rmsprop"), "'optimizer' parameter of DEC must be .*Got 'rmsprop'"),
+        (dict(tol=2), "'tol' parameter of DEC must be a float in the range"),
+        (dict(update_interval=0), "'update_interval' parameter"),
+        (dict(device="nonsense"), "device='nonsense' is not a torch device"),
+        (dict(n_clusters=30), "n_samples=20 should be >= n_clusters=30"),
+    ],
+)
+def test_bad_parameters(params, match):
+    X = np.random.RandomState(0).rand(20, 4)
+    with pytest.raises(ValueError, match=match):
+        DEC(**dict(dict(TINY, n_clusters=3), **params)).fit(X)
+
+
+def test_errors_at_predict_time(blobs, large):
+    X, _ = blobs
+    with pytest.raises(NotFittedError):
+        DEC().predict(X)
+    with pytest.raises(ValueError, match="X has 49 features, but DEC is expecting 50"):
+        large.transform(X[:, :49])
+
+
+def test_missing_torch_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match=r"pip install sklearn-e2cm\[torch\]"):
+        _import_torch()
+
+
+def test_module_import_does_not_import_torch():
+    code = (
+        "import sys, sklearn_e2cm.cluster, sklearn_e2cm.metrics; "
+        "assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@parametrize_with_checks(
+    [
+        DEC(
+            n_clusters=3, hidden=(8,), embedding_dim=2, pretrain_epochs=2, max_iter=10,
+            update_interval=5, n_init=2, batch_size=16, random_state=0,
+        )
+    ]
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+# -- the machinery for DECEarlyExit -----------------------------------------
+
+
+def test_build_encoder():
+    enc = _build_encoder((7, 5, 3), seed=1)
+    assert [type(m).__name__ for m in enc] == ["Linear", "ReLU", "Linear"]
+    same = _build_encoder((7, 5, 3), seed=1)
+    for a, b in zip(enc.parameters(), same.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"got \(7,\)"):
+        _build_encoder((7,))
+
+
+def test_pretrain_autoencoder_reduces_loss_and_keeps_frozen(blobs):
+    X, _ = blobs
+    enc = _build_encoder((50, 16, 4), seed=0)
+    enc[0].weight.requires_grad_(False)
+    frozen = enc[0].weight.detach().clone()
+    curve = _pretrain_autoencoder(enc, X, epochs=5, batch_size=64, seed=0)
+    assert len(curve) == 5 and curve[-1] < curve[0]
+    assert torch.equal(enc[0].weight, frozen)
+
+
+def test_target_distribution_sharpens():
+    Q = np.array([[0.6, 0.4], [0.5, 0.5], [0.2, 0.8]])
+    P = _target_distribution(Q)
+    np.testing.assert_allclose(P.sum(1), 1.0)
+    assert P[0, 0] > Q[0, 0] and P[2, 1] > Q[2, 1]
+    f = Q.sum(0)
+    expected = Q**2 / f
+    np.testing.assert_allclose(P, expected / expected.sum(1, keepdims=True))
+
+
+@pytest.fixture(scope="module")
+def heads(blobs, large):
+    X, _ = blobs
+    before = {k: v.clone() for k, v in large.encoder_.state_dict().items()}
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {
+            name: _fit_prefix_head(large.encoder_, n_frozen, (5,), X, **large._train_params())
+            for name, n_frozen in (("small", 1), ("middle", 2))
+        }
+    finally:
+        torch.set_num_threads(n)
+    return out, before
+
+
+@pytest.mark.parametrize("name, n_frozen", [("small", 1), ("middle", 2)])
+def test_prefix_head_frozen_layers_bit_identical(heads, large, name, n_frozen):
+    out, before = heads
+    encoder, centers, labels = out[name]
+    # the large encoder itself was not touched
+    for k, v in large.encoder_.state_dict().items():
+        assert torch.equal(v, before[k])
+    types = [type(m).__name__ for m in encoder]
+    assert types == ["Linear", "ReLU"] * n_frozen + ["Linear"]
+    assert [m.out_features for m in _linear_layers(encoder)] == [32] * n_frozen + [5]
+    for mine, theirs in zip(_linear_layers(encoder)[:n_frozen], _linear_layers(large.encoder_)):
+        assert mine is not theirs
+        assert not mine.weight.requires_grad and not mine.bias.requires_grad
+        assert torch.equal(mine.weight, theirs.weight) and torch.equal(mine.bias, theirs.bias)
+    assert _linear_layers(encoder)[-1].weight.requires_grad
+    # the shared prefix activation is exactly the large encoder's
+    X = torch.rand(10, 50)
+    with torch.no_grad():
+        np.testing.assert_array_equal(
+            encoder[: 2 * n_frozen](X).numpy(), large.encoder_[: 2 * n_frozen](X).numpy()
+        )
+    assert centers.shape == (5, 5) and centers.dtype == np.float32
+    assert labels.shape == (500,)
+
+
+@pytest.mark.parametrize("name", ["small", "middle"])
+def test_aligned_heads_agree_with_large(blobs, large, heads, name):
+    X, y = blobs
+    encoder, centers, labels = heads[0][name]
+    assert clustering_accuracy(y, labels) > 0.9
+    aligned_centers, aligned_labels, mapping = _align_to(large.labels_, labels, centers)
+    assert sorted(mapping) == list(range(5))
+    # easy samples: those the large head assigns confidently
+    easy = large.soft_assign(X).max(1) > 0.5
+    assert easy.mean() > 0.5
+    assert np.mean(aligned_labels[easy] == large.labels_[easy]) >= 0.9
+    # the aligned centres give the aligned labels
+    Z = _forward(encoder, X, batch_size=64, device="cpu").numpy()
+    np.testing.assert_array_equal(_soft_assign_numpy(Z, aligned_centers).argmax(1), aligned_labels)
+
+
+def test_align_to_on_a_known_permutation():
+    centers = np.arange(6.0).reshape(3, 2)
+    reference = np.array([0, 0, 1, 1, 2, 2])
+    labels = np.array([2, 2, 0, 0, 1, 1])
+    aligned, new_labels, mapping = _align_to(reference, labels, centers)
+    np.testing.assert_array_equal(new_labels, reference)
+    np.testing.assert_array_equal(mapping, [1, 2, 0])
+    # old cluster 2 (row [4, 5]) is the reference's cluster 0
+    np.testing.assert_array_equal(aligned, [[4.0, 5.0], [0.0, 1.0], [2.0, 3.0]])
+
+
+def test_prefix_head_errors(large, blobs):
+    X, _ = blobs
+    with pytest.raises(ValueError, match=r"n_frozen_layers must be an integer in \[0, 4\).*got 4"):
+        _fit_prefix_head(large.encoder_, 4, (5,), X, **large._train_params())
+    with pytest.raises(ValueError, match="head_dims must list"):
+        _fit_prefix_head(large.encoder_, 1, (), X, **large._train_params())
