@@ -2,7 +2,6 @@
 
 import numbers
 import sys
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,6 @@ from ._routing import forward_all, route
 from ._thresholds import (
     ExitTable,
     bisection_search,
-    cumulative_cost,
     sweep,
     time_sharing,
     upper_hull,
@@ -87,7 +85,231 @@ class _LabelIndex:
         return arr[order], order
 
 
-class EarlyExitClassMeans(ClassifierMixin, BaseEstimator):
+class _EarlyExitBase:
+    """Exit-head routing shared by the early-exit estimators.
+
+    A subclass's ``fit`` builds a stage adapter and one :class:`ExitHead` per
+    stage, then calls :meth:`_finish_fit` with the per-stage arrays on the
+    tuning data; everything after that (threshold choice, routing, staged
+    outputs, exit tables) lives here. Subclasses provide ``_validate_X`` and
+    the parameters ``flops_target``, ``thresholds`` and, optionally,
+    ``threshold_search``, ``n_targets``, ``batch_size`` and ``verbose``.
+    """
+
+    def _finish_fit(self, adapter, heads, stage_flops, conf, correct, sample_weight, rng):
+        """Set the cost model and the operating point from the tuning arrays."""
+        M = adapter.n_stages
+        exit_flops = np.array(
+            [
+                0.0 if (j == M - 1 and adapter.final_is_classifier)
+                else heads[j].flops() + float(adapter.vector_flops_[j])
+                for j in range(M)
+            ]
+        )
+        self.stage_flops_ = np.asarray(stage_flops, dtype=np.float64)
+        self.exit_flops_ = exit_flops
+        self.n_stages_ = M
+        self._heads = heads
+        self._adapter = adapter
+        last_head = not adapter.final_is_classifier
+        table = ExitTable(conf, correct, self.stage_flops_, exit_flops, last_head, sample_weight)
+        self.cumulative_cost_ = table.full_cost
+        self._choose_operating_point(table, rng)
+        self._routing_seed = int(rng.randint(np.iinfo(np.int32).max))
+        itemsize = 4 if adapter.backend == "torch" else 8
+        used = set(np.flatnonzero(self.mixture_thresholds_.min(axis=0) < 1.0).tolist())
+        if last_head:
+            used.add(M - 1)
+        self.memory_overhead_bytes_ = int(
+            sum(heads[j].nbytes(itemsize) for j in used) + 8 * (M - 1)
+        )
+        return table
+
+    def _choose_operating_point(self, table, rng):
+        M = table.n_stages
+        M1 = M - 1
+        base_cost, base_acc = table.evaluate(np.ones(M1))
+        rows = []
+        if self.thresholds is not None:
+            T = np.asarray(self.thresholds, dtype=np.float64)
+            if T.shape != (M1,):
+                raise ValueError(
+                    f"thresholds has shape {T.shape}; expected ({M1},) for {M} stages "
+                    "(one threshold per stage but the last)."
+                )
+            if not np.all((T >= 0) & (T <= 1)):
+                raise ValueError(f"thresholds must lie in [0, 1]; got {T.tolist()}.")
+            mix_T, mix_w = T[None, :], np.array([1.0])
+            c, a = table.evaluate(T)
+            rows.append((np.nan, c, a, T, True))
+        elif self.flops_target is None or M == 1:
+            mix_T, mix_w = np.ones((1, M1)), np.array([1.0])
+            rows.append((np.nan if self.flops_target is None else self.flops_target,
+                         base_cost, base_acc, np.ones(M1), True))
+        elif getattr(self, "threshold_search", "hull") == "bisect":
+            target = float(self.flops_target)
+            if target < table.min_cost():
+                warn_unreachable(target, table.min_cost())
+            T, _ = bisection_search(table, target, rng)
+            mix_T, mix_w = T[None, :], np.array([1.0])
+            c, a = table.evaluate(T)
+            rows.append((target, c, a, T, True))
+        else:
+            targets = np.linspace(0, 1, getattr(self, "n_targets", 1000) + 1)[1:]
+            T, costs, accs = sweep(
+                table, targets, random_state=rng,
+                progress=_progress(getattr(self, "verbose", 0), "E2CM threshold sweep",
+                                   len(targets)),
+            )
+            # the extremes: everything at the first exit, and the base model
+            T = np.vstack([T, np.zeros(M1), np.ones(M1)])
+            c0, a0 = table.evaluate(np.zeros(M1))
+            costs = np.append(costs, [c0, base_cost])
+            accs = np.append(accs, [a0, base_acc])
+            tg = np.append(targets, [np.nan, np.nan])
+            hull = upper_hull(costs, accs)
+            on_hull = np.zeros(costs.shape[0], bool)
+            on_hull[hull] = True
+            target = float(self.flops_target)
+            if target < costs[hull[0]] - 1e-12:
+                warn_unreachable(target, costs[hull[0]])
+            verts, mix_w = time_sharing(costs[hull], target)
+            mix_T = T[hull[verts]]
+            rows = list(zip(tg, costs, accs, list(T), on_hull))
+        self.mixture_thresholds_ = mix_T
+        self.mixture_weights_ = mix_w
+        self.thresholds_ = mix_T[int(np.argmax(mix_w))].copy()
+        self._mixture_costs = table.costs(mix_T)
+        cs, acc_ = table.evaluate_many(mix_T)
+        self.expected_flops_ = float(mix_w @ cs)
+        self.expected_accuracy_ = float(mix_w @ acc_)
+        self.tradeoff_ = pd.DataFrame(
+            {
+                "target": [r[0] for r in rows],
+                "flops": [r[1] for r in rows],
+                "accuracy": [r[2] for r in rows],
+                "thresholds": [np.asarray(r[3]) for r in rows],
+                "on_hull": [bool(r[4]) for r in rows],
+            }
+        )
+
+    # ------------------------------------------------------------- inference
+    def _validate_X(self, X):
+        check_is_fitted(self)
+        if self._adapter.backend == "torch":
+            X, _, streaming = self._check_torch_input(X, None, reset=False)
+            return X
+        return validate_data(self, X, dtype=np.float64, reset=False)
+
+    def route(self, X):
+        """Route every sample through the stages with early exits (one pass).
+
+        Returns
+        -------
+        result : RoutingResult
+            ``y_pred`` (labels), ``exit_stage`` (0-based) and ``flops``
+            (normalised cost) per sample, and ``proba``.
+        """
+        X = self._validate_X(X)
+        return self._route(X, return_proba=True)
+
+    def _route(self, X, return_proba=False):
+        adapter = self._adapter
+        ctx = getattr(adapter, "activate", None)
+        with (ctx() if ctx is not None else _nullcontext()):
+            res = route(
+                adapter, self._heads, self.mixture_thresholds_, self.mixture_weights_,
+                self._mixture_costs, X, batch_size=getattr(self, "batch_size", None),
+                seed=self._routing_seed,
+                return_proba=return_proba,
+                progress=_progress(getattr(self, "verbose", 0) > 1, "E2CM predict"),
+            )
+        res.y_pred = self.classes_[res.y_pred]
+        return res
+
+    def predict(self, X):
+        """Predicted class of each sample, with early exits."""
+        X = self._validate_X(X)
+        return self._route(X).y_pred
+
+    def predict_proba(self, X):
+        """Probabilities of the exit that decided each sample."""
+        X = self._validate_X(X)
+        return self._route(X, return_proba=True).proba
+
+    def _staged(self, X):
+        adapter = self._adapter
+        M = self.n_stages_
+        preds = [[] for _ in range(M)]
+        probas = [[] for _ in range(M)]
+        ctx = getattr(adapter, "activate", None)
+        with (ctx() if ctx is not None else _nullcontext()):
+            for Xb, _ in adapter.batches(X, None, getattr(self, "batch_size", None)):
+                vectors, fin = forward_all(adapter, Xb)
+                for j, F in enumerate(vectors):
+                    if F is None:
+                        idx, P = fin
+                        P = adapter.to_numpy(P)
+                    else:
+                        P = adapter.to_numpy(self._heads[j].proba(F))
+                        idx = P.argmax(axis=1)
+                    preds[j].append(np.asarray(idx))
+                    probas[j].append(np.asarray(P, dtype=np.float64))
+        return [np.concatenate(p) for p in preds], [np.concatenate(p) for p in probas]
+
+    def exit_table(self, X, y=None, sample_weight=None):
+        """Per-stage exit arrays of this fitted estimator on new data (one forward pass).
+
+        Parameters
+        ----------
+        X : input accepted by :meth:`predict`
+        y : array-like of shape (n_samples,) or None
+            True labels: the table's score is accuracy. ``None``: the score is
+            agreement with the base model's (final exit's) prediction, which
+            needs no labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        table : ExitTable
+            Cached max exit probability and correctness of every sample at
+            every stage, with this estimator's cost model; threshold vectors
+            are evaluated and searched on it without running any stage.
+        """
+        X = self._validate_X(X)
+        preds, probas = self._staged(X)
+        conf = np.column_stack([P.max(axis=1) for P in probas])
+        pred = np.column_stack(preds)
+        if y is None:
+            ref = pred[:, -1]
+        else:
+            y = np.asarray(y)
+            ref = np.searchsorted(self.classes_, y)
+            ref = np.where(ref < len(self.classes_), ref, -1)
+            ref[self.classes_[np.clip(ref, 0, len(self.classes_) - 1)] != y] = -1
+        return ExitTable(conf, pred == ref[:, None], self.stage_flops_, self.exit_flops_,
+                         not self._adapter.final_is_classifier, sample_weight)
+
+    def staged_predict(self, X):
+        """Prediction of every stage for every sample (no early exit).
+
+        Yields one array of shape (n_samples,) per stage, in stage order; the
+        last one is the base model's prediction when it ends in a classifier.
+        """
+        X = self._validate_X(X)
+        preds, _ = self._staged(X)
+        for p in preds:
+            yield self.classes_[p]
+
+    def staged_predict_proba(self, X):
+        """Exit probabilities of every stage for every sample (no early exit)."""
+        X = self._validate_X(X)
+        _, probas = self._staged(X)
+        yield from probas
+
+
+
+class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
     """Early Exit Class Means (E²CM) on a trained staged model.
 
     After every stage of a trained model the stage output is compared with the
@@ -441,32 +663,9 @@ class EarlyExitClassMeans(ClassifierMixin, BaseEstimator):
         correct = pred == y_tune_idx[:, None]
         del cache
 
-        exit_flops = np.array(
-            [
-                0.0 if (j == M - 1 and adapter.final_is_classifier)
-                else heads[j].flops() + float(adapter.vector_flops_[j])
-                for j in range(M)
-            ]
-        )
-        self.stage_flops_ = stage_flops
-        self.exit_flops_ = exit_flops
-        self.n_stages_ = M
         self.class_means_ = means
         self.distance_scale_ = [h.scale for h in heads]
-        self._heads = heads
-        self._adapter = adapter
-        last_head = not adapter.final_is_classifier
-        table = ExitTable(conf, correct, stage_flops, exit_flops, last_head, w_tune)
-        self.cumulative_cost_ = table.full_cost
-        self._choose_operating_point(table, rng)
-        self._routing_seed = int(rng.randint(np.iinfo(np.int32).max))
-        itemsize = 4 if torch_backend else 8
-        used = set(np.flatnonzero(self.mixture_thresholds_.min(axis=0) < 1.0).tolist())
-        if last_head:
-            used.add(M - 1)
-        self.memory_overhead_bytes_ = int(
-            sum(heads[j].nbytes(itemsize) for j in used) + 8 * (M - 1)
-        )
+        self._finish_fit(adapter, heads, stage_flops, conf, correct, w_tune, rng)
         return self
 
     def _check_n_classes(self, classes):
@@ -635,187 +834,6 @@ class EarlyExitClassMeans(ClassifierMixin, BaseEstimator):
             conf.append(P.max(axis=1))
             pred.append(P.argmax(axis=1))
         return heads, np.column_stack(conf), np.column_stack(pred), final_idx
-
-    def _choose_operating_point(self, table, rng):
-        M = table.n_stages
-        M1 = M - 1
-        base_cost, base_acc = table.evaluate(np.ones(M1))
-        rows = []
-        if self.thresholds is not None:
-            T = np.asarray(self.thresholds, dtype=np.float64)
-            if T.shape != (M1,):
-                raise ValueError(
-                    f"thresholds has shape {T.shape}; expected ({M1},) for {M} stages "
-                    "(one threshold per stage but the last)."
-                )
-            if not np.all((T >= 0) & (T <= 1)):
-                raise ValueError(f"thresholds must lie in [0, 1]; got {T.tolist()}.")
-            mix_T, mix_w = T[None, :], np.array([1.0])
-            c, a = table.evaluate(T)
-            rows.append((np.nan, c, a, T, True))
-        elif self.flops_target is None or M == 1:
-            mix_T, mix_w = np.ones((1, M1)), np.array([1.0])
-            rows.append((np.nan if self.flops_target is None else self.flops_target,
-                         base_cost, base_acc, np.ones(M1), True))
-        elif self.threshold_search == "bisect":
-            target = float(self.flops_target)
-            if target < table.min_cost():
-                warn_unreachable(target, table.min_cost())
-            T, _ = bisection_search(table, target, rng)
-            mix_T, mix_w = T[None, :], np.array([1.0])
-            c, a = table.evaluate(T)
-            rows.append((target, c, a, T, True))
-        else:
-            targets = np.linspace(0, 1, self.n_targets + 1)[1:]
-            T, costs, accs = sweep(
-                table, targets, random_state=rng,
-                progress=_progress(self.verbose, "E2CM threshold sweep", len(targets)),
-            )
-            # the extremes: everything at the first exit, and the base model
-            T = np.vstack([T, np.zeros(M1), np.ones(M1)])
-            c0, a0 = table.evaluate(np.zeros(M1))
-            costs = np.append(costs, [c0, base_cost])
-            accs = np.append(accs, [a0, base_acc])
-            tg = np.append(targets, [np.nan, np.nan])
-            hull = upper_hull(costs, accs)
-            on_hull = np.zeros(costs.shape[0], bool)
-            on_hull[hull] = True
-            target = float(self.flops_target)
-            if target < costs[hull[0]] - 1e-12:
-                warn_unreachable(target, costs[hull[0]])
-            verts, mix_w = time_sharing(costs[hull], target)
-            mix_T = T[hull[verts]]
-            rows = list(zip(tg, costs, accs, list(T), on_hull))
-        self.mixture_thresholds_ = mix_T
-        self.mixture_weights_ = mix_w
-        self.thresholds_ = mix_T[int(np.argmax(mix_w))].copy()
-        self._mixture_costs = table.costs(mix_T)
-        cs, acc_ = table.evaluate_many(mix_T)
-        self.expected_flops_ = float(mix_w @ cs)
-        self.expected_accuracy_ = float(mix_w @ acc_)
-        self.tradeoff_ = pd.DataFrame(
-            {
-                "target": [r[0] for r in rows],
-                "flops": [r[1] for r in rows],
-                "accuracy": [r[2] for r in rows],
-                "thresholds": [np.asarray(r[3]) for r in rows],
-                "on_hull": [bool(r[4]) for r in rows],
-            }
-        )
-
-    # ------------------------------------------------------------- inference
-    def _validate_X(self, X):
-        check_is_fitted(self)
-        if self._adapter.backend == "torch":
-            X, _, streaming = self._check_torch_input(X, None, reset=False)
-            return X
-        return validate_data(self, X, dtype=np.float64, reset=False)
-
-    def route(self, X):
-        """Route every sample through the stages with early exits (one pass).
-
-        Returns
-        -------
-        result : RoutingResult
-            ``y_pred`` (labels), ``exit_stage`` (0-based) and ``flops``
-            (normalised cost) per sample, and ``proba``.
-        """
-        X = self._validate_X(X)
-        return self._route(X, return_proba=True)
-
-    def _route(self, X, return_proba=False):
-        adapter = self._adapter
-        ctx = getattr(adapter, "activate", None)
-        with (ctx() if ctx is not None else _nullcontext()):
-            res = route(
-                adapter, self._heads, self.mixture_thresholds_, self.mixture_weights_,
-                self._mixture_costs, X, batch_size=self.batch_size, seed=self._routing_seed,
-                return_proba=return_proba,
-                progress=_progress(self.verbose > 1, "E2CM predict"),
-            )
-        res.y_pred = self.classes_[res.y_pred]
-        return res
-
-    def predict(self, X):
-        """Predicted class of each sample, with early exits."""
-        X = self._validate_X(X)
-        return self._route(X).y_pred
-
-    def predict_proba(self, X):
-        """Probabilities of the exit that decided each sample."""
-        X = self._validate_X(X)
-        return self._route(X, return_proba=True).proba
-
-    def _staged(self, X):
-        adapter = self._adapter
-        M = self.n_stages_
-        preds = [[] for _ in range(M)]
-        probas = [[] for _ in range(M)]
-        ctx = getattr(adapter, "activate", None)
-        with (ctx() if ctx is not None else _nullcontext()):
-            for Xb, _ in adapter.batches(X, None, self.batch_size):
-                vectors, fin = forward_all(adapter, Xb)
-                for j, F in enumerate(vectors):
-                    if F is None:
-                        idx, P = fin
-                        P = adapter.to_numpy(P)
-                    else:
-                        P = adapter.to_numpy(self._heads[j].proba(F))
-                        idx = P.argmax(axis=1)
-                    preds[j].append(np.asarray(idx))
-                    probas[j].append(np.asarray(P, dtype=np.float64))
-        return [np.concatenate(p) for p in preds], [np.concatenate(p) for p in probas]
-
-    def exit_table(self, X, y=None, sample_weight=None):
-        """Per-stage exit arrays of this fitted estimator on new data (one forward pass).
-
-        Parameters
-        ----------
-        X : input accepted by :meth:`predict`
-        y : array-like of shape (n_samples,) or None
-            True labels: the table's score is accuracy. ``None``: the score is
-            agreement with the base model's (final exit's) prediction, which
-            needs no labels.
-        sample_weight : array-like of shape (n_samples,), default=None
-
-        Returns
-        -------
-        table : ExitTable
-            Cached max exit probability and correctness of every sample at
-            every stage, with this estimator's cost model; threshold vectors
-            are evaluated and searched on it without running any stage.
-        """
-        X = self._validate_X(X)
-        preds, probas = self._staged(X)
-        conf = np.column_stack([P.max(axis=1) for P in probas])
-        pred = np.column_stack(preds)
-        if y is None:
-            ref = pred[:, -1]
-        else:
-            y = np.asarray(y)
-            ref = np.searchsorted(self.classes_, y)
-            ref = np.where(ref < len(self.classes_), ref, -1)
-            ref[self.classes_[np.clip(ref, 0, len(self.classes_) - 1)] != y] = -1
-        return ExitTable(conf, pred == ref[:, None], self.stage_flops_, self.exit_flops_,
-                         not self._adapter.final_is_classifier, sample_weight)
-
-    def staged_predict(self, X):
-        """Prediction of every stage for every sample (no early exit).
-
-        Yields one array of shape (n_samples,) per stage, in stage order; the
-        last one is the base model's prediction when it ends in a classifier.
-        """
-        X = self._validate_X(X)
-        preds, _ = self._staged(X)
-        for p in preds:
-            yield self.classes_[p]
-
-    def staged_predict_proba(self, X):
-        """Exit probabilities of every stage for every sample (no early exit)."""
-        X = self._validate_X(X)
-        _, probas = self._staged(X)
-        yield from probas
-
 
 class _nullcontext:
     def __enter__(self):
