@@ -18,6 +18,8 @@ import numpy as np
 
 __all__ = [
     "ClassStatsAccumulator",
+    "oas_shrinkage",
+    "whitened_head",
     "ExitHead",
     "squared_distances",
     "softmax",
@@ -240,6 +242,64 @@ class ClassStatsAccumulator:
         between = (means * self.weights[:, None]).T @ means
         cov = (self.second - between) / self.weights.sum()
         return (cov + cov.T) / 2.0
+
+
+def oas_shrinkage(cov, n_samples):
+    """Oracle Approximating Shrinkage amount for a covariance estimate.
+
+    The same formula as :func:`sklearn.covariance.oas`, which needs only the
+    covariance and the number of samples, so it works on streamed statistics.
+    """
+    D = cov.shape[0]
+    if D == 1:
+        return 0.0
+    alpha = np.mean(cov**2)
+    mu = np.trace(cov) / D
+    num = alpha + mu**2
+    den = (n_samples + 1) * (alpha - mu**2 / D)
+    return 1.0 if den == 0 else float(min(num / den, 1.0))
+
+
+def whitened_head(means, cov, shrinkage="oas", n_samples=None):
+    """Exit head with the shared-covariance (Mahalanobis) metric, DESIGN §2.13.
+
+    The covariance is shrunk towards ``mu * I`` (``mu`` its mean eigenvalue)
+    by ``shrinkage`` (a float in [0, 1], or ``"oas"``), then
+    ``W = Σ⁻¹ C`` and ``b_k = -½ c_kᵀ Σ⁻¹ c_k`` are precomputed so that the
+    exit scores ``x·Wᵀ + b`` cost one matrix product: the
+    ``-½ xᵀ Σ⁻¹ x`` term is the same for every class and cancels in the
+    softmax.
+
+    Returns
+    -------
+    head : ExitHead
+    shrinkage : float
+        The amount used.
+    """
+    from scipy import linalg
+
+    cov = np.asarray(cov, dtype=np.float64)
+    D = cov.shape[0]
+    if isinstance(shrinkage, str):
+        if shrinkage != "oas":
+            raise ValueError(f"shrinkage must be 'oas' or a float in [0, 1]; got {shrinkage!r}.")
+        a = oas_shrinkage(cov, n_samples)
+    else:
+        a = float(shrinkage)
+    mu = np.trace(cov) / D
+    shrunk = (1.0 - a) * cov
+    shrunk.flat[:: D + 1] += a * mu
+    C = np.asarray(means, dtype=np.float64)
+    try:
+        W = linalg.solve(shrunk, C.T, assume_a="pos", check_finite=False).T
+        if not np.all(np.isfinite(W)):
+            raise linalg.LinAlgError("non-finite solution")
+    except (linalg.LinAlgError, ValueError):
+        # singular covariance (no shrinkage, collinear features): least squares, as
+        # LinearDiscriminantAnalysis(solver="lsqr") does
+        W = linalg.lstsq(shrunk, C.T, check_finite=False)[0].T
+    b = -0.5 * np.einsum("kd,kd->k", C, W)
+    return ExitHead(C, metric="mahalanobis", coef=W, intercept=b), a
 
 
 class ExitHead:

@@ -13,7 +13,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from ._class_means import ClassStatsAccumulator, ExitHead
+from ._class_means import ClassStatsAccumulator, ExitHead, softmax, whitened_head
 from ._routing import forward_all, route
 from ._thresholds import (
     ExitTable,
@@ -348,6 +348,15 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         (e.g. ``("max", (8, 2, 2))``, ``("avg", 4)``, ``"avg4"``).
     normalize : bool, default=True
         Divide distances by their mean over the tuning data (eq. 4).
+        Euclidean metric only.
+    shrinkage : "oas" or float in [0, 1], default="oas"
+        Shrinkage of the shared within-class covariance towards a scaled
+        identity (``metric="mahalanobis"`` only): the Oracle Approximating
+        Shrinkage amount computed from the streamed covariance, or a fixed
+        amount.
+    max_covariance_bytes : float, default=2**28
+        Largest covariance (``8 * D_j²`` bytes) a whitened exit may hold;
+        a larger stage vector raises an error that suggests pooling.
     calibration : None, float in (0, 1) or int, default=None
         ``None``: tune thresholds (and eq. 4 scales) on the training data, as
         the paper does. A fraction or a count: hold out that part of the
@@ -378,6 +387,9 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
     n_stages_ : int
     class_means_ : list of ndarray of shape (n_classes, D_j)
     distance_scale_ : list of ndarray of shape (n_classes,) or None
+        eq. 4 scales (Euclidean metric with ``normalize=True``).
+    shrinkage_ : list of float
+        Covariance shrinkage used at each stage (``metric="mahalanobis"``).
     thresholds_ : ndarray of shape (n_stages - 1,)
         Thresholds of the main operating point (the hull vertex with the
         larger time-sharing weight).
@@ -425,6 +437,8 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         "metric": [StrOptions({"euclidean", "mahalanobis"})],
         "pooling": "no_validation",
         "normalize": ["boolean"],
+        "shrinkage": [StrOptions({"oas"}), Interval(numbers.Real, 0, 1, closed="both")],
+        "max_covariance_bytes": [Interval(numbers.Real, 0, None, closed="neither")],
         "calibration": [
             Interval(numbers.Real, 0, 1, closed="neither"),
             Interval(numbers.Integral, 1, None, closed="left"),
@@ -450,6 +464,8 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         metric="euclidean",
         pooling=None,
         normalize=True,
+        shrinkage="oas",
+        max_covariance_bytes=2**28,
         calibration=None,
         stage_costs=None,
         n_targets=1000,
@@ -467,6 +483,8 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         self.metric = metric
         self.pooling = pooling
         self.normalize = normalize
+        self.shrinkage = shrinkage
+        self.max_covariance_bytes = max_covariance_bytes
         self.calibration = calibration
         self.stage_costs = stage_costs
         self.n_targets = n_targets
@@ -613,6 +631,8 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         stage_flops = self._resolve_stage_costs(
             adapter.stage_flops_, getattr(adapter, "cost_errors_", {}))
         M = adapter.n_stages
+        if self.metric == "mahalanobis":
+            self._check_covariance_size(adapter)
 
         # ---- pass 1: class statistics (and cached stage vectors)
         same_tuning = X_tune is None
@@ -656,7 +676,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
             final_tune = None
             scores_src = (X_tune, None, M)
         heads, conf, pred, final_idx = self._pass_tuning(
-            adapter, means, scores_src, w_tune, final_tune
+            adapter, means, stats, scores_src, w_tune, final_tune
         )
         if final_idx is not None:
             pred[:, -1] = final_idx
@@ -667,6 +687,17 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         self.distance_scale_ = [h.scale for h in heads]
         self._finish_fit(adapter, heads, stage_flops, conf, correct, w_tune, rng)
         return self
+
+    def _check_covariance_size(self, adapter):
+        for j, D in enumerate(np.asarray(adapter.vector_dims_)):
+            need = 8.0 * float(D) ** 2
+            if need > self.max_covariance_bytes:
+                raise ValueError(
+                    f"metric='mahalanobis' at stage {j} needs a {D}x{D} covariance "
+                    f"({need / 2**20:.0f} MiB), above max_covariance_bytes="
+                    f"{self.max_covariance_bytes:.0f}. Reduce the stage vectors with pooling "
+                    "(e.g. pooling='avg4' or ('avg', 2)) or raise max_covariance_bytes."
+                )
 
     def _check_n_classes(self, classes):
         if len(classes) < 2:
@@ -789,24 +820,39 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
                 "the input scaling."
             )
 
-    def _make_head(self, means, scale):
-        return ExitHead(means, scale=scale, metric="euclidean")
+    def _pass_tuning(self, adapter, means, stats, source, w, final_cached):
+        """Pass 2 on the tuning data: heads (eq. 4 scales or whitening), exit arrays.
 
-    def _pass_tuning(self, adapter, means, source, w, final_cached):
-        """Pass 2: distances on the tuning data -> heads with eq. 4 scales, exit arrays."""
+        Euclidean heads need the mean distance of the tuning samples to every
+        class mean before they can give probabilities, so the distances are
+        kept (n × K per stage) and turned into probabilities at the end.
+        Whitened heads are complete after pass 1; their scores are kept.
+        """
         X, cache, cached_from = source
         M = adapter.n_stages
-        raw_heads = [self._make_head(C, None) for C in means]
-        dist = [[] for _ in range(M)]
+        whitened = self.metric == "mahalanobis"
+        if whitened:
+            heads, self.shrinkage_ = [], []
+            for j in range(M):
+                head, a = whitened_head(
+                    means[j], stats[j].within_class_covariance(), self.shrinkage,
+                    n_samples=stats[j].n_seen,
+                )
+                heads.append(head)
+                self.shrinkage_.append(a)
+        else:
+            heads = [ExitHead(C, scale=None) for C in means]
+        out = [[] for _ in range(M)]
         final_all = []
 
         def add(j, F):
-            dist[j].append(adapter.to_numpy(raw_heads[j].distances(F)))
+            f = heads[j].scores if whitened else heads[j].distances
+            out[j].append(adapter.to_numpy(f(F)))
 
         if cached_from > 0 or cache is None:
             n_run = M if cache is None else cached_from
-            for Xb, _ in self._batches(adapter, X, None, "E2CM fit (distances)"):
-                vectors, fin = forward_all(adapter, Xb, n_run, final=cache is None)
+            for Xb, _ in self._batches(adapter, X, None, "E2CM fit (tuning pass)"):
+                vectors, fin = forward_all(adapter, Xb, n_run, final=n_run == M)
                 if fin is not None:
                     final_all.append(np.asarray(fin[0]))
                     vectors[-1] = fin[1]
@@ -817,20 +863,22 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
                 for F in cache[j]:
                     add(j, F)
                 cache[j] = None  # free as we go
-        final_idx = final_cached if cache is not None else (
-            np.concatenate(final_all) if final_all else None)
-        heads, conf, pred = [], [], []
+        if final_cached is not None:
+            final_idx = final_cached
+        else:
+            final_idx = np.concatenate(final_all) if final_all else None
+        conf, pred = [], []
         for j in range(M):
-            d = np.concatenate(dist[j])
-            dist[j] = None
-            scale = None
-            if self.normalize:
-                d64 = d.astype(np.float64)
-                scale = d64.mean(axis=0) if w is None else (w @ d64) / w.sum()
-                scale = np.where(scale > 0, scale, 1.0)
-            head = self._make_head(means[j], scale)
-            P = head.proba_from_distances(d)
-            heads.append(head)
+            values = np.concatenate(out[j])
+            out[j] = None
+            if whitened:
+                P = softmax(values)
+            else:
+                if self.normalize:
+                    d64 = values.astype(np.float64)
+                    scale = d64.mean(axis=0) if w is None else (w @ d64) / w.sum()
+                    heads[j] = ExitHead(means[j], scale=np.where(scale > 0, scale, 1.0))
+                P = heads[j].proba_from_distances(values)
             conf.append(P.max(axis=1))
             pred.append(P.argmax(axis=1))
         return heads, np.column_stack(conf), np.column_stack(pred), final_idx
