@@ -2,6 +2,7 @@
 
 import numbers
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -114,7 +115,12 @@ class _EarlyExitBase:
         last_head = not adapter.final_is_classifier
         table = ExitTable(conf, correct, self.stage_flops_, exit_flops, last_head, sample_weight)
         self.cumulative_cost_ = table.full_cost
+        self._tuning_table = table
+        if not hasattr(self, "_fit_times"):
+            self._fit_times = {}
+        t0 = time.perf_counter()
         self._choose_operating_point(table, rng)
+        self._fit_times["threshold search"] = time.perf_counter() - t0
         self._routing_seed = int(rng.randint(np.iinfo(np.int32).max))
         itemsize = 4 if adapter.backend == "torch" else 8
         used = set(np.flatnonzero(self.mixture_thresholds_.min(axis=0) < 1.0).tolist())
@@ -124,6 +130,40 @@ class _EarlyExitBase:
             sum(heads[j].nbytes(itemsize) for j in used) + 8 * (M - 1)
         )
         return table
+
+    def set_operating_point(self, flops_target=None, thresholds=None):
+        """Choose a new operating point from the cached tuning arrays (no forward pass).
+
+        Equivalent to ``set_params(flops_target=..., thresholds=...)`` followed
+        by a refit, without recomputing class means or running any stage:
+        only the threshold search runs again.
+
+        Parameters
+        ----------
+        flops_target : float in (0, 1] or None
+        thresholds : array-like of shape (n_stages - 1,) or None
+
+        Returns
+        -------
+        self : object
+        """
+        check_is_fitted(self)
+        table = getattr(self, "_tuning_table", None)
+        if table is None:
+            raise RuntimeError(
+                "The tuning arrays are not available (they are not pickled); refit with "
+                "set_params(flops_target=...) instead."
+            )
+        self.set_params(flops_target=flops_target, thresholds=thresholds)
+        if hasattr(self, "_validate_params"):
+            self._validate_params()
+        self._choose_operating_point(table, check_random_state(self.random_state))
+        return self
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_tuning_table", None)  # per-sample tuning arrays: not needed to predict
+        return state
 
     def _choose_operating_point(self, table, rng):
         M = table.n_stages
@@ -635,10 +675,13 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
             self._check_covariance_size(adapter)
 
         # ---- pass 1: class statistics (and cached stage vectors)
+        self._fit_times = {}
+        t0 = time.perf_counter()
         same_tuning = X_tune is None
         stats, cache, final_fit, n_cached_from = self._pass_statistics(
             adapter, X_fit, y_fit, w_fit, labels, same_tuning
         )
+        self._fit_times["class statistics pass"] = time.perf_counter() - t0
         classes, order = labels.sorted_order()
         if streaming:
             self._check_n_classes(classes)
@@ -675,9 +718,11 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
             y_tune_idx = inverse[labels(y_tune)]
             final_tune = None
             scores_src = (X_tune, None, M)
+        t0 = time.perf_counter()
         heads, conf, pred, final_idx = self._pass_tuning(
             adapter, means, stats, scores_src, w_tune, final_tune
         )
+        self._fit_times["tuning pass"] = time.perf_counter() - t0
         if final_idx is not None:
             pred[:, -1] = final_idx
         correct = pred == y_tune_idx[:, None]

@@ -326,3 +326,20 @@ def test_random_state_reproducible(digits):
     b = EarlyExitClassMeans(stages=_stages(), flops_target=0.35, random_state=3).fit(Xtr, ytr)
     np.testing.assert_array_equal(a.mixture_thresholds_, b.mixture_thresholds_)
     np.testing.assert_array_equal(a.predict(Xte), b.predict(Xte))
+
+
+def test_set_operating_point_without_refit(fitted, digits):
+    Xtr, Xte, ytr, yte = digits
+    clf = clone(fitted).fit(Xtr, ytr)
+    ref = clone(fitted).set_params(flops_target=0.5).fit(Xtr, ytr)
+    clf.set_operating_point(flops_target=0.5)
+    assert clf.flops_target == 0.5
+    assert clf.expected_flops_ == pytest.approx(ref.expected_flops_, abs=2e-3)
+    clf.set_operating_point(thresholds=[0.5, 0.5, 0.5])
+    np.testing.assert_array_equal(clf.thresholds_, [0.5, 0.5, 0.5])
+    import pickle
+
+    loaded = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(loaded.predict(Xte), clf.predict(Xte))
+    with pytest.raises(RuntimeError, match="refit"):
+        loaded.set_operating_point(flops_target=0.4)

@@ -1,0 +1,97 @@
+"""Shared helpers of the benchmarks: data, a trained network (cached), timing, results."""
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = Path(os.environ.get("SKLEARN_E2CM_BENCH_CACHE", Path.home() / ".cache" / "sklearn_e2cm"))
+
+
+def load_fashion(n_train=None, n_test=None):
+    from sklearn_e2cm.datasets import load_fashion_mnist
+
+    Xtr, ytr = load_fashion_mnist(subset="train", return_X_y=True)
+    Xte, yte = load_fashion_mnist(subset="test", return_X_y=True)
+    mean, std = 0.2860, 0.3530  # Fashion-MNIST pixel statistics
+    Xtr = (Xtr - mean) / std
+    Xte = (Xte - mean) / std
+    if n_train:
+        Xtr, ytr = Xtr[:n_train], ytr[:n_train]
+    if n_test:
+        Xte, yte = Xte[:n_test], yte[:n_test]
+    return Xtr.astype(np.float32), ytr, Xte.astype(np.float32), yte
+
+
+def trained_resnet(Xtr, ytr, depth=20, width=16, epochs=3, seed=0, verbose=1):
+    """A ResNet trained by the package's own helper, cached on disk by its recipe."""
+    import torch
+
+    from sklearn_e2cm.models import resnet_small, train_classifier
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"resnet{depth}_w{width}_e{epochs}_s{seed}_n{len(ytr)}.pt"
+    torch.manual_seed(seed)
+    net = resnet_small(depth=depth, width=width, in_channels=1, n_classes=10, input_size=28)
+    if path.exists():
+        net.load_state_dict(torch.load(path, map_location="cpu"))
+        net.eval()
+        return net, 0.0
+    t0 = time.perf_counter()
+    history = []
+    train_classifier(net, Xtr, ytr, epochs=epochs, batch_size=128, optimizer="sgd",
+                     schedule="onecycle", random_state=seed, verbose=verbose, history=history)
+    elapsed = time.perf_counter() - t0
+    torch.save(net.state_dict(), path)
+    return net, elapsed
+
+
+def plain_forward(net, X, batch_size):
+    """Wall time of the plain network over X (inference mode), and its predictions."""
+    import torch
+
+    preds = []
+    net.eval()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for s in range(0, len(X), batch_size):
+            preds.append(net(torch.from_numpy(X[s:s + batch_size])).argmax(1).numpy())
+    return time.perf_counter() - t0, np.concatenate(preds)
+
+
+def stage_times(stages, X, batch_size):
+    """Per-sample wall time of every stage when run on full batches (the plain network)."""
+    import torch
+
+    times = np.zeros(len(stages))
+    with torch.inference_mode():
+        for s in range(0, len(X), batch_size):
+            z = torch.from_numpy(X[s:s + batch_size])
+            for j, st in enumerate(stages):
+                t0 = time.perf_counter()
+                z = st(z)
+                times[j] += time.perf_counter() - t0
+    return times / len(X)
+
+
+def machine():
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+
+
+def write(name, payload, table_md):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=float))
+    (RESULTS / f"{name}.md").write_text(table_md)
+    print(table_md)
