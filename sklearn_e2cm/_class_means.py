@@ -135,8 +135,8 @@ def head_flops(n_features, n_classes, metric="euclidean", normalize=True):
 
     Examples
     --------
-    >>> head_flops(100, 10)
-    20311
+    >>> head_flops(100, 10)  # D=100, K=10
+    2321
     """
     D, K = int(n_features), int(n_classes)
     if metric == "euclidean":

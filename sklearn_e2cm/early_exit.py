@@ -1,5 +1,6 @@
 """EarlyExitClassMeans: E²CM early exits on any staged extractor."""
 
+import contextlib
 import numbers
 import sys
 import time
@@ -255,8 +256,7 @@ class _EarlyExitBase:
 
     def _route(self, X, return_proba=False):
         adapter = self._adapter
-        ctx = getattr(adapter, "activate", None)
-        with (ctx() if ctx is not None else _nullcontext()):
+        with _activated(adapter):
             res = route(
                 adapter, self._heads, self.mixture_thresholds_, self.mixture_weights_,
                 self._mixture_costs, X, batch_size=getattr(self, "batch_size", None),
@@ -282,8 +282,7 @@ class _EarlyExitBase:
         M = self.n_stages_
         preds = [[] for _ in range(M)]
         probas = [[] for _ in range(M)]
-        ctx = getattr(adapter, "activate", None)
-        with (ctx() if ctx is not None else _nullcontext()):
+        with _activated(adapter):
             for Xb, _ in adapter.batches(X, None, getattr(self, "batch_size", None)):
                 vectors, fin = forward_all(adapter, Xb)
                 for j, F in enumerate(vectors):
@@ -314,7 +313,11 @@ class _EarlyExitBase:
         table : ExitTable
             Cached max exit probability and correctness of every sample at
             every stage, with this estimator's cost model; threshold vectors
-            are evaluated and searched on it without running any stage.
+            are evaluated and searched on it without running any stage. It
+            also keeps the class index predicted at every stage
+            (``table.pred_labels``, shape (n_samples, n_stages), labels in
+            ``table.classes``) so that routed predictions can be rebuilt for
+            any threshold vector (``table.predict_indices(T)``).
         """
         X = self._validate_X(X)
         preds, probas = self._staged(X)
@@ -327,8 +330,11 @@ class _EarlyExitBase:
             ref = np.searchsorted(self.classes_, y)
             ref = np.where(ref < len(self.classes_), ref, -1)
             ref[self.classes_[np.clip(ref, 0, len(self.classes_) - 1)] != y] = -1
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, conf, dtype=np.float64)
         return ExitTable(conf, pred == ref[:, None], self.stage_flops_, self.exit_flops_,
-                         not self._adapter.final_is_classifier, sample_weight)
+                         not self._adapter.final_is_classifier, sample_weight,
+                         pred_labels=pred, classes=self.classes_)
 
     def staged_predict(self, X):
         """Prediction of every stage for every sample (no early exit).
@@ -456,16 +462,20 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
     --------
     >>> from sklearn.datasets import load_digits
     >>> from sklearn.decomposition import PCA
+    >>> from sklearn.kernel_approximation import Nystroem
     >>> from sklearn.linear_model import LogisticRegression
     >>> from sklearn.preprocessing import StandardScaler
     >>> X, y = load_digits(return_X_y=True)
     >>> clf = EarlyExitClassMeans(
-    ...     stages=[StandardScaler(), PCA(16), LogisticRegression(max_iter=300)],
-    ...     flops_target=0.5, random_state=0).fit(X, y)
+    ...     stages=[StandardScaler(), PCA(16), Nystroem(n_components=300, random_state=0),
+    ...             LogisticRegression(max_iter=300)],
+    ...     flops_target=0.3, random_state=0).fit(X, y)
     >>> clf.n_stages_
-    3
-    >>> r = clf.route(X)
-    >>> abs(r.flops.mean() - 0.5) < 0.05
+    4
+    >>> round(clf.expected_flops_, 3)
+    0.3
+    >>> r = clf.route(X)  # predictions, exit stage and cost of every sample
+    >>> bool(abs(r.flops.mean() - 0.3) < 0.01)
     True
     """
 
@@ -664,10 +674,14 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         labels = _LabelIndex(None if streaming else np.unique(y))
         if torch_backend:
             adapter.fit(X_fit)
+            if streaming:
+                self.input_shape_ = tuple(adapter.input_shape_)
+                self.n_features_in_ = int(np.prod(self.input_shape_))
         else:
             adapter.fit(X_fit, y_fit, w_fit)
         if not streaming:
             adapter.set_classes(np.asarray(labels.labels))
+        final_in_pass1 = adapter.final_is_classifier
         stage_flops = self._resolve_stage_costs(
             adapter.stage_flops_, getattr(adapter, "cost_errors_", {}))
         M = adapter.n_stages
@@ -678,14 +692,21 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         self._fit_times = {}
         t0 = time.perf_counter()
         same_tuning = X_tune is None
-        stats, cache, final_fit, n_cached_from = self._pass_statistics(
-            adapter, X_fit, y_fit, w_fit, labels, same_tuning
-        )
+        with _activated(adapter):
+            stats, cache, final_fit, n_cached_from = self._pass_statistics(
+                adapter, X_fit, y_fit, w_fit, labels, same_tuning
+            )
         self._fit_times["class statistics pass"] = time.perf_counter() - t0
         classes, order = labels.sorted_order()
         if streaming:
             self._check_n_classes(classes)
             adapter.set_classes(classes)
+            if adapter.final_is_classifier != final_in_pass1:
+                raise ValueError(
+                    f"The last stage outputs {adapter.n_outputs_} scores but the labels have "
+                    f"{len(classes)} classes; pass final_classifier=False to decide the last "
+                    "stage by nearest class mean."
+                )
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.shape[0])
         self.classes_ = classes
@@ -719,9 +740,10 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
             final_tune = None
             scores_src = (X_tune, None, M)
         t0 = time.perf_counter()
-        heads, conf, pred, final_idx = self._pass_tuning(
-            adapter, means, stats, scores_src, w_tune, final_tune
-        )
+        with _activated(adapter):
+            heads, conf, pred, final_idx = self._pass_tuning(
+                adapter, means, stats, scores_src, w_tune, final_tune
+            )
         self._fit_times["tuning pass"] = time.perf_counter() - t0
         if final_idx is not None:
             pred[:, -1] = final_idx
@@ -928,9 +950,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
             pred.append(P.argmax(axis=1))
         return heads, np.column_stack(conf), np.column_stack(pred), final_idx
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def _activated(adapter):
+    """The adapter's inference context (eval mode, device, inference_mode) if it has one."""
+    ctx = getattr(adapter, "activate", None)
+    return ctx() if ctx is not None else contextlib.nullcontext()

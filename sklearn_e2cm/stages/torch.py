@@ -1,0 +1,976 @@
+"""Stage adapter for PyTorch networks, and :func:`split_into_stages`.
+
+:class:`TorchStages` makes a trained network, cut into stages, look like any
+other :class:`~sklearn_e2cm.stages.base.StageAdapter`: batches are float
+tensors on the adapter's device, stage vectors are pooled and flattened
+float32 tensors, and the cost of every stage is measured once, on one probe
+sample, with :class:`torch.utils.flop_counter.FlopCounterMode` (see
+:mod:`sklearn_e2cm._torch_flops` for what it counts). The network is never
+trained nor modified: :meth:`TorchStages.activate` puts it in ``eval()`` mode
+on the adapter's device for inference and restores the modes and devices it
+found afterwards.
+
+:func:`split_into_stages` cuts a model built from named children (a
+torchvision-style ResNet, the package's :func:`~sklearn_e2cm.models.resnet_small`,
+a plain stack of layers) into an ``nn.Sequential`` of stages and checks that
+the stages reproduce ``model(x)``.
+"""
+
+import contextlib
+import numbers
+import re
+from collections import OrderedDict
+
+import numpy as np
+
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise ImportError(
+        "Torch stages need PyTorch, which is not installed. Install the torch extra with "
+        "`pip install sklearn-e2cm[torch]` (or a CPU build: `pip install torch==2.13.0 "
+        "--index-url https://download.pytorch.org/whl/cpu`)."
+    ) from exc
+
+from .._torch_flops import count_flops
+from ._pooling import make_pooling
+from .base import StageAdapter
+
+__all__ = ["TorchStages", "split_into_stages", "is_dataloader"]
+
+_DEFAULT_BATCH_SIZE = 256
+
+
+# --------------------------------------------------------------------- helpers
+def is_dataloader(X):
+    """Whether ``X`` is a torch ``DataLoader`` (or an object that looks like one).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> from sklearn_e2cm.stages.torch import is_dataloader
+    >>> is_dataloader(DataLoader(TensorDataset(torch.zeros(4, 2)), batch_size=2))
+    True
+    >>> is_dataloader(np.zeros((4, 2)))
+    False
+    """
+    if isinstance(X, torch.utils.data.DataLoader):
+        return True
+    if isinstance(X, (np.ndarray, torch.Tensor)):
+        return False
+    return hasattr(X, "__iter__") and hasattr(X, "dataset") and hasattr(X, "batch_size")
+
+
+def _resolve_device(device):
+    """A ``torch.device`` from ``None``, ``"auto"``, a string or a device."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        if device.strip().lower() == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(
+                f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:0', 'auto' "
+                "or a torch.device."
+            ) from exc
+    else:
+        raise ValueError(
+            f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:0', 'auto' or a "
+            "torch.device."
+        )
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} asks for CUDA, which is not available here; use device='cpu' "
+            "or device='auto'."
+        )
+    return dev
+
+
+def _floating_dtype(modules, default=torch.float32):
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+    return default
+
+
+def _module_device(module):
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _unique_modules(stages):
+    seen, out = set(), []
+    for s in stages:
+        for m in s.modules():
+            if id(m) not in seen:
+                seen.add(id(m))
+                out.append(m)
+    return out
+
+
+def _record_devices(modules):
+    """Every parameter and buffer's device, per owning module."""
+    rec = []
+    for m in modules:
+        for name, p in m._parameters.items():
+            if p is not None:
+                rec.append((m, "p", name, p.device))
+        for name, b in m._buffers.items():
+            if b is not None:
+                rec.append((m, "b", name, b.device))
+    return rec
+
+
+def _restore_devices(rec):
+    for m, kind, name, dev in rec:
+        if kind == "p":
+            p = m._parameters.get(name)
+            if p is not None and p.device != dev:
+                p.data = p.data.to(dev)
+                if p.grad is not None:
+                    p.grad = p.grad.to(dev)
+        else:
+            b = m._buffers.get(name)
+            if b is not None and b.device != dev:
+                m._buffers[name] = b.to(dev)
+
+
+@contextlib.contextmanager
+def _eval_mode(modules):
+    """Put modules (and submodules) in eval mode; restore every training flag on exit."""
+    mods = _unique_modules(modules)
+    flags = [(m, m.training) for m in mods]
+    try:
+        for m in mods:
+            m.training = False
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _to_tensor(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    return torch.as_tensor(np.asarray(x))
+
+
+def _labels_to_numpy(y, n=None):
+    if y is None:
+        return None
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    y = np.asarray(y)
+    if y.ndim != 1:
+        if n is not None and y.size == n:
+            y = y.reshape(-1)
+        else:
+            raise ValueError(f"Labels must be 1-D; got an array of shape {y.shape}.")
+    if n is not None and y.shape[0] != n:
+        raise ValueError(f"A batch has {n} samples but {y.shape[0]} labels.")
+    return y
+
+
+# ------------------------------------------------------------ split_into_stages
+_NORM_TYPES = (
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+)
+_HEAD_NAMES = ("fc", "classifier", "head", "heads", "last_linear", "logits")
+_POOL_NAMES = ("avgpool", "global_pool", "gap", "pool", "flatten", "dropout")
+_GLOBAL_TYPES = (
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Flatten, nn.Identity, nn.modules.dropout._DropoutNd,
+)
+
+
+def _has_own_weights(m):
+    return any(True for _ in m.parameters())
+
+
+def _is_follower(m):
+    """A child that joins the current stage instead of starting one."""
+    return isinstance(m, _NORM_TYPES) or not _has_own_weights(m)
+
+
+def _leaves_with_weights(m):
+    return [s for s in m.modules() if not list(s.children()) and _has_own_weights(s)]
+
+
+def _is_head(name, m):
+    if isinstance(m, nn.Linear):
+        return True
+    if isinstance(m, nn.Sequential):
+        leaves = _leaves_with_weights(m)
+        return bool(leaves) and isinstance(leaves[-1], nn.Linear) and (
+            name in _HEAD_NAMES or all(isinstance(s, (nn.Linear,) + _NORM_TYPES) for s in leaves)
+        )
+    return False
+
+
+def _first_linear(m):
+    if isinstance(m, nn.Linear):
+        return m
+    if isinstance(m, nn.Sequential):
+        leaves = _leaves_with_weights(m)
+        if leaves and isinstance(leaves[0], nn.Linear):
+            return leaves[0]
+    return None
+
+
+def _expand(children, head_name):
+    """Flatten containers (Sequential, ModuleList) except ``stem`` and the head."""
+    out = []
+    for name, m in children:
+        expandable = isinstance(m, (nn.Sequential, nn.ModuleList)) and name not in ("stem",)
+        if expandable and name != head_name and len(m) > 0:
+            out.extend(_expand([(f"{name}_{n}", c) for n, c in m.named_children()], None))
+        else:
+            out.append((name, m))
+    return out
+
+
+def _candidate_inputs(model):
+    shape = getattr(model, "input_shape", None)
+    cands = []
+    if isinstance(shape, (tuple, list)) and shape and all(isinstance(s, numbers.Integral)
+                                                          for s in shape):
+        cands.append((1, *shape))
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            cands += [(1, m.in_channels, s, s) for s in (32, 28, 64, 224)]
+            break
+        if isinstance(m, nn.Conv1d):
+            cands += [(1, m.in_channels, s) for s in (64, 128, 28)]
+            break
+        if isinstance(m, nn.Conv3d):
+            cands += [(1, m.in_channels, s, s, s) for s in (16, 32)]
+            break
+        if isinstance(m, nn.Linear):
+            cands.append((1, m.in_features))
+            break
+    return cands
+
+
+def _stage_name(items, used, is_head):
+    if len(items) == 1:
+        base = items[0][0]
+    elif is_head:
+        base = "head"
+    else:
+        base = items[0][0]
+    base = re.sub(r"[.\s]", "_", str(base)) or "stage"
+    name, i = base, 1
+    while name in used:
+        i += 1
+        name = f"{base}_{i}"
+    used.add(name)
+    return name
+
+
+def _mismatch_error(model, names, why):
+    return ValueError(
+        f"split_into_stages could not reproduce {type(model).__name__}'s forward() from its "
+        f"named children {names}: {why}. The forward() probably does work outside its children "
+        "(functional calls such as F.relu or torch.mean, x * 2, reshapes, connections across "
+        "children), has children it does not use, or uses them in another order. Split the "
+        "model yourself: pass an "
+        "nn.Sequential or a list of modules whose composition equals the model."
+    )
+
+
+def split_into_stages(model, example_input=None, *, atol=1e-5):
+    """Cut a model built from named children into an ``nn.Sequential`` of stages.
+
+    The children are walked in registration order:
+
+    * containers (``nn.Sequential``, ``nn.ModuleList``) such as ResNet's
+      ``layer1`` .. ``layer4`` are opened: each of their blocks becomes a
+      stage; a child named ``stem`` is kept whole;
+    * a child with weights (a convolution, a residual block, ...) starts a new
+      stage; children without weights (activations, pooling, dropout) and
+      normalisation layers join the stage before them, so torchvision's
+      ``conv1, bn1, relu, maxpool`` form one stem stage;
+    * the final linear classifier (a ``Linear`` or a ``Sequential`` ending in
+      one, e.g. ``fc`` / ``classifier`` / ``head``) forms the last stage
+      together with the global pooling, flatten and dropout children just
+      before it, so the last stage outputs the logits;
+    * an ``nn.Flatten(1)`` is inserted before a linear layer that receives a
+      higher-dimensional tensor whose flattened size is its ``in_features``
+      (the ``torch.flatten(x, 1)`` of the model's forward).
+
+    The result is checked on a probe batch: the stages run in sequence must
+    give ``model(x)`` within ``atol``, in eval mode (the training flags of the
+    model are restored afterwards). The stages share their parameters with
+    ``model``: nothing is copied.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained network.
+    example_input : tensor or array of shape (n, ...), default=None
+        Probe batch (with the batch dimension). When ``None`` it is inferred:
+        ``(1, *model.input_shape)`` when the model has an ``input_shape``
+        attribute, else from the first convolution's ``in_channels`` (square
+        inputs of 32, 28, 64 then 224 pixels are tried) or the first linear
+        layer's ``in_features``.
+    atol : float, default=1e-5
+        Largest absolute difference allowed between the stages' output and
+        ``model(x)``.
+
+    Returns
+    -------
+    stages : torch.nn.Sequential
+        One child per stage.
+
+    Raises
+    ------
+    ValueError
+        If the stages do not reproduce ``model(x)`` (the message gives the
+        difference), ``model(example_input)`` fails, or no probe input can be
+        inferred (pass ``example_input``).
+    TypeError
+        If ``model`` is not a ``torch.nn.Module``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from sklearn_e2cm.stages import split_into_stages
+    >>> class Net(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+    ...         self.relu = nn.ReLU()
+    ...         self.layer1 = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3))
+    ...         self.avgpool = nn.AdaptiveAvgPool2d(1)
+    ...         self.fc = nn.Linear(4, 3)
+    ...     def forward(self, x):
+    ...         x = self.layer1(self.relu(self.conv1(x)))
+    ...         return self.fc(torch.flatten(self.avgpool(x), 1))
+    >>> stages = split_into_stages(Net(), torch.zeros(1, 1, 8, 8))
+    >>> list(stages._modules)
+    ['conv1', 'layer1_0', 'layer1_1', 'head']
+    >>> stages.head
+    Sequential(
+      (avgpool): AdaptiveAvgPool2d(output_size=1)
+      (flatten): Flatten(start_dim=1, end_dim=-1)
+      (fc): Linear(in_features=4, out_features=3, bias=True)
+    )
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"split_into_stages expects a torch.nn.Module; got {type(model).__name__}."
+        )
+    if isinstance(model, (nn.ModuleList, nn.ModuleDict)):
+        raise TypeError(
+            f"{type(model).__name__} has no forward(); pass a list of its modules to TorchStages."
+        )
+    children = list(model.named_children())
+    if not children:
+        raise ValueError(
+            f"{type(model).__name__} has no child modules to split into stages; pass a list of "
+            "modules or an nn.Sequential."
+        )
+    if not isinstance(atol, numbers.Real) or isinstance(atol, bool) or atol < 0:
+        raise ValueError(f"atol must be a float >= 0; got {atol!r}.")
+    names = [n for n, _ in children]
+    head_name = children[-1][0] if _is_head(*children[-1]) else None
+    items = _expand(children, head_name)
+    device = _module_device(model)
+    dtype = _floating_dtype([model])
+
+    with _eval_mode([model]), torch.no_grad():
+        # ---- the probe and the reference output
+        if example_input is not None:
+            x = _to_tensor(example_input).to(device=device, dtype=dtype)
+            try:
+                ref = model(x)
+            except Exception as exc:
+                raise ValueError(
+                    f"model(example_input) failed for an example_input of shape "
+                    f"{tuple(x.shape)}: {exc}. Pass a batch the model accepts, with the batch "
+                    "dimension first."
+                ) from exc
+        else:
+            cands = _candidate_inputs(model)
+            gen = torch.Generator().manual_seed(0)
+            ref = x = None
+            for shape in cands:
+                xc = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+                try:
+                    ref = model(xc)
+                except Exception:
+                    continue
+                x = xc
+                break
+            if x is None:
+                tried = ", ".join(str(c) for c in cands) or "none could be guessed"
+                raise ValueError(
+                    f"Cannot infer an input for {type(model).__name__} (tried shapes: {tried}); "
+                    "pass example_input=, a batch the model accepts, e.g. torch.zeros(1, C, H, W)."
+                )
+        if not isinstance(ref, torch.Tensor):
+            raise ValueError(
+                f"{type(model).__name__}.forward() returned {type(ref).__name__}, not a tensor; "
+                "split_into_stages needs a model that returns one tensor."
+            )
+
+        # ---- walk the children on the probe, inserting flattens where needed
+        walked = []
+        z = x
+        for name, m in items:
+            lin = _first_linear(m)
+            if (
+                lin is not None and z.dim() > 2
+                and lin.in_features == int(np.prod(z.shape[1:]))
+                and lin.in_features != z.shape[-1]
+            ):
+                flat = nn.Flatten(1)
+                walked.append(("flatten", flat))
+                z = flat(z)
+            try:
+                z = m(z)
+            except Exception as exc:
+                raise _mismatch_error(
+                    model, names,
+                    f"child {name!r} ({type(m).__name__}) fails on the output of the children "
+                    f"before it (shape {tuple(z.shape)}): {exc}",
+                ) from exc
+            if not isinstance(z, torch.Tensor):
+                raise _mismatch_error(
+                    model, names, f"child {name!r} returned {type(z).__name__}, not a tensor"
+                )
+            walked.append((name, m))
+
+        # ---- group into stages
+        head = []
+        body = list(walked)
+        if head_name is not None:
+            head = [body.pop()]
+            while body and (
+                isinstance(body[-1][1], _GLOBAL_TYPES) or body[-1][0] in _POOL_NAMES
+            ) and not _has_own_weights(body[-1][1]):
+                head.insert(0, body.pop())
+        groups = []
+        pending = []  # followers before the first weighted child join the first stage
+        for name, m in body:
+            if _is_follower(m):
+                (groups[-1] if groups else pending).append((name, m))
+            else:
+                groups.append(pending + [(name, m)])
+                pending = []
+        if pending:
+            groups.append(pending)
+        if head:
+            groups.append(head)
+        used = set()
+        stages = OrderedDict()
+        for gi, g in enumerate(groups):
+            is_head = bool(head) and gi == len(groups) - 1
+            sname = _stage_name(g, used, is_head)
+            if len(g) == 1:
+                stages[sname] = g[0][1]
+            else:
+                sub, sub_used = OrderedDict(), set()
+                for n, m in g:
+                    sub[_stage_name([(n, m)], sub_used, False)] = m
+                stages[sname] = nn.Sequential(sub)
+        staged = nn.Sequential(stages)
+
+        # ---- verify
+        try:
+            out = staged(x)
+        except Exception as exc:  # pragma: no cover - the walk above ran the same modules
+            raise _mismatch_error(model, names, f"the stages fail: {exc}") from exc
+        if out.shape != ref.shape:
+            raise _mismatch_error(
+                model, names,
+                f"the stages output shape {tuple(out.shape)}, model(x) {tuple(ref.shape)}",
+            )
+        diff = float((out.float() - ref.float()).abs().max()) if out.numel() else 0.0
+        if not diff <= atol:
+            raise _mismatch_error(
+                model, names,
+                f"on a probe of shape {tuple(x.shape)} the largest absolute difference between "
+                f"the stages' output and model(x) is {diff:.3g} > atol={atol}",
+            )
+    return staged
+
+
+# ------------------------------------------------------------------ TorchStages
+def _normalize_torch_stages(stages):
+    """``(names, modules)``, or ``None`` when the model must be split first."""
+    if isinstance(stages, nn.Sequential):
+        named = list(stages.named_children())
+        if not named:
+            raise ValueError("stages is an empty nn.Sequential; it needs at least one stage.")
+        return [n for n, _ in named], [m for _, m in named]
+    if isinstance(stages, nn.ModuleList) or isinstance(stages, (list, tuple)):
+        mods = list(stages)
+        if not mods:
+            raise ValueError("stages is empty; pass at least one torch module.")
+        for i, m in enumerate(mods):
+            if not isinstance(m, nn.Module):
+                raise TypeError(
+                    f"stages[{i}] is a {type(m).__name__}, not a torch.nn.Module; a list of "
+                    "torch stages must hold only nn.Module objects."
+                )
+        return [f"{i}:{type(m).__name__}" for i, m in enumerate(mods)], mods
+    if isinstance(stages, nn.Module):
+        return None
+    raise TypeError(
+        f"stages={type(stages).__name__!s} is not a torch stage container; pass an "
+        "nn.Sequential (each child a stage), a list of nn.Module, or a model to split with "
+        "split_into_stages."
+    )
+
+
+class TorchStages(StageAdapter):
+    """A PyTorch network cut into stages, for the early-exit estimators.
+
+    Parameters
+    ----------
+    stages : nn.Sequential, list of nn.Module, or nn.Module
+        An ``nn.Sequential`` (each child a stage) or a list/tuple/``ModuleList``
+        of modules (each a stage), run in order. Any other ``nn.Module`` is cut
+        with :func:`split_into_stages` on the first training sample in
+        :meth:`fit`. The modules are shared, never copied, trained or changed.
+    pooling : None, int, tuple, str, callable or list, default=None
+        Reduction of each stage output before it is flattened into the stage
+        vector; see :mod:`sklearn_e2cm.stages._pooling` (e.g. ``"avg4"``,
+        ``("max", (8, 2, 2))``). 2-D stage outputs are never pooled.
+    device : str or torch.device, default="cpu"
+        ``"cpu"``, ``"cuda"``, ``"cuda:0"``, ... or ``"auto"`` (CUDA when
+        available). Stages are moved there only inside :meth:`activate`.
+    batch_size : int, default=None
+        Rows per batch of :meth:`batches` for array input (256 when ``None``);
+        a DataLoader keeps its own batches.
+    final_classifier : "auto" or bool, default="auto"
+        Whether the last stage outputs the network's class scores. ``"auto"``:
+        when its output is 2-D ``(n, K)`` with ``K`` equal to the number of
+        classes given to :meth:`set_classes` (before that call: when it is
+        2-D). ``True`` requires a 2-D output (error in :meth:`fit`
+        otherwise); ``False``: the last stage gets a class-means head too. The
+        network's output column ``k`` is taken to score ``classes_[k]`` (the
+        sorted labels), as when it was trained with labels ``0 .. K-1``.
+
+    Attributes
+    ----------
+    n_stages : int
+    stage_names_ : list of str
+    stage_modules_ : list of nn.Module
+    device_ : torch.device
+    input_shape_ : tuple
+        Per-sample shape of the input.
+    input_dtype_ : torch.dtype
+        Floating dtype of the network's parameters; batches are cast to it.
+    stage_flops_ : ndarray of shape (n_stages,)
+        Per-sample FLOPs of every stage, counted by ``FlopCounterMode`` on one
+        probe sample (matrix products and convolutions; see
+        :mod:`sklearn_e2cm._torch_flops`).
+    output_shapes_ : list of tuple
+        Per-sample output shape of every stage.
+    pooled_shapes_ : list of tuple
+        Per-sample shape of every stage output after pooling.
+    vector_dims_ : ndarray of shape (n_stages,)
+        ``D_j``, the length of every stage vector (0 for the last stage when
+        :attr:`final_is_classifier`).
+    vector_flops_ : ndarray of shape (n_stages,)
+        Per-sample FLOPs of the pooling of every stage output (0 for the last
+        stage when :attr:`final_is_classifier`).
+    n_outputs_ : int or None
+        Width of the last stage's output when it is 2-D.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from torch import nn
+    >>> from sklearn_e2cm.stages import TorchStages
+    >>> _ = torch.manual_seed(0)
+    >>> net = nn.Sequential(
+    ...     nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()),
+    ...     nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, stride=2), nn.ReLU()),
+    ...     nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)),
+    ... )
+    >>> X = np.random.RandomState(0).rand(10, 1, 8, 8).astype(np.float32)
+    >>> ad = TorchStages(net, pooling="avg2").fit(X)
+    >>> ad.stage_flops_.tolist(), ad.vector_dims_.tolist(), ad.final_is_classifier
+    ([4608.0, 9216.0, 48.0], [16, 32, 0], True)
+    >>> with ad.activate():
+    ...     for Xb, _ in ad.batches(X, batch_size=4):
+    ...         Z = ad.run_stage(0, Xb)
+    ...         F = ad.stage_vector(0, Z)
+    ...         Z = ad.take(Z, np.arange(len(Z)) % 2 == 0)
+    >>> tuple(F.shape), tuple(Z.shape)
+    ((2, 16), (1, 4, 8, 8))
+    """
+
+    backend = "torch"
+
+    def __init__(self, stages, pooling=None, device="cpu", batch_size=None,
+                 final_classifier="auto"):
+        if not (isinstance(final_classifier, str) and final_classifier == "auto") and not (
+            isinstance(final_classifier, (bool, np.bool_))
+        ):
+            raise ValueError(
+                f"final_classifier must be 'auto', True or False; got {final_classifier!r}."
+            )
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be an int >= 1 or None; got {batch_size!r}.")
+        self.stages = stages
+        self.pooling = pooling
+        self.device = device
+        self.batch_size = batch_size
+        self.final_classifier = (
+            final_classifier if isinstance(final_classifier, str) else bool(final_classifier)
+        )
+        norm = _normalize_torch_stages(stages)
+        if norm is None:
+            self.stage_names_, self.stage_modules_ = None, None
+            self._poolings = None
+        else:
+            self.stage_names_, self.stage_modules_ = norm
+            self._poolings = make_pooling(pooling, len(self.stage_modules_))
+        self._fitted = False
+
+    # ------------------------------------------------------------ properties
+    def _check_stages(self):
+        if self.stage_modules_ is None:
+            raise AttributeError(
+                f"The stages of {type(self.stages).__name__} are known after fit() (the model "
+                "is split with split_into_stages on the first sample)."
+            )
+
+    @property
+    def n_stages(self):
+        self._check_stages()
+        return len(self.stage_modules_)
+
+    def _check_fitted(self, what):
+        if not self._fitted:
+            raise AttributeError(f"{what} is available after TorchStages.fit().")
+
+    @property
+    def final_is_classifier(self):
+        fc = self.final_classifier
+        if fc is False:
+            return False
+        if not self._fitted:
+            return fc is True
+        if fc is True:
+            return True
+        if len(self.output_shapes_[-1]) != 1:
+            return False
+        classes = getattr(self, "classes_", None)
+        return classes is None or self.output_shapes_[-1][0] == len(classes)
+
+    @property
+    def vector_dims_(self):
+        self._check_fitted("vector_dims_")
+        d = self._vector_dims.copy()
+        if self.final_is_classifier:
+            d[-1] = 0
+        return d
+
+    @property
+    def vector_flops_(self):
+        self._check_fitted("vector_flops_")
+        f = self._vector_flops.copy()
+        if self.final_is_classifier:
+            f[-1] = 0.0
+        return f
+
+    # ------------------------------------------------------------------- fit
+    def _probe(self, X):
+        """First sample of X as a (1, ...) tensor, and X's per-sample shape."""
+        if is_dataloader(X):
+            for batch in X:
+                xb, _ = self._split_batch(batch)
+                if xb.shape[0] == 0:
+                    continue
+                return xb[:1]
+            raise ValueError("The DataLoader yields no samples.")
+        if isinstance(X, torch.Tensor):
+            x = X.detach()
+        else:
+            x = np.asarray(X)
+            if x.dtype == object:
+                raise ValueError("X must be a numeric array, a tensor or a DataLoader.")
+        if x.ndim < 2 or x.shape[0] < 1:
+            raise ValueError(
+                f"X must have shape (n_samples, ...) with at least one sample; got shape "
+                f"{tuple(x.shape)}."
+            )
+        return _to_tensor(x[:1])
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Measure the stages on the first sample of ``X``; return self.
+
+        Nothing is trained: the first sample (of ``X`` or of the first batch
+        of a DataLoader) is run through the stages in eval mode to record
+        every stage's FLOPs (``FlopCounterMode``), output shape, stage-vector
+        size and pooling FLOPs. A model that is not an ``nn.Sequential`` or a
+        list is split with :func:`split_into_stages` on that sample first.
+
+        Parameters
+        ----------
+        X : array of shape (n, ...), tensor, or DataLoader of (x, y) / x batches
+        y, sample_weight : ignored
+
+        Returns
+        -------
+        self
+        """
+        self._fitted = False
+        self.device_ = _resolve_device(self.device)
+        probe = self._probe(X)
+        if _normalize_torch_stages(self.stages) is None:  # a model to split, on this probe
+            staged = split_into_stages(self.stages, probe)
+            self.stage_names_ = list(staged._modules)
+            self.stage_modules_ = list(staged.children())
+            self._poolings = make_pooling(self.pooling, len(self.stage_modules_))
+        self.input_dtype_ = _floating_dtype(self.stage_modules_)
+        self.input_shape_ = tuple(probe.shape[1:])
+        flops, shapes, pooled, dims, vflops = [], [], [], [], []
+        with self.activate():
+            z = probe.to(device=self.device_, dtype=self.input_dtype_)
+            for j, stage in enumerate(self.stage_modules_):
+                try:
+                    f, out = count_flops(stage, z)
+                except Exception as exc:
+                    raise ValueError(
+                        f"Stage {j} ({self.stage_names_[j]}) fails on an input of per-sample "
+                        f"shape {tuple(z.shape[1:])}: {exc}"
+                    ) from exc
+                if not isinstance(out, torch.Tensor):
+                    raise ValueError(
+                        f"Stage {j} ({self.stage_names_[j]}) returned {type(out).__name__}; "
+                        "every stage must return a single tensor."
+                    )
+                if out.dim() < 1 or out.shape[0] != z.shape[0]:
+                    raise ValueError(
+                        f"Stage {j} ({self.stage_names_[j]}) returned shape {tuple(out.shape)} "
+                        f"for a batch of {z.shape[0]}; stages must keep the batch dimension first."
+                    )
+                vec, vf = self._poolings[j].measure(out, stage=j)
+                flops.append(float(f))
+                shapes.append(tuple(out.shape[1:]))
+                pooled.append(tuple(vec.shape[1:]))
+                dims.append(int(np.prod(vec.shape[1:])))
+                vflops.append(float(vf))
+                z = out
+        self.stage_flops_ = np.asarray(flops, dtype=np.float64)
+        self.output_shapes_ = shapes
+        self.pooled_shapes_ = pooled
+        self._vector_dims = np.asarray(dims, dtype=np.intp)
+        self._vector_flops = np.asarray(vflops, dtype=np.float64)
+        self.n_outputs_ = shapes[-1][0] if len(shapes[-1]) == 1 else None
+        if self.final_classifier is True and self.n_outputs_ is None:
+            raise ValueError(
+                f"final_classifier=True but the last stage ({self.stage_names_[-1]}) outputs "
+                f"per-sample shape {shapes[-1]}, not class scores of shape (K,)."
+            )
+        self._fitted = True
+        if getattr(self, "classes_", None) is not None:
+            self.set_classes(self.classes_)
+        return self
+
+    def set_classes(self, classes):
+        """Record the estimator's sorted ``classes_``; check them against the network's outputs."""
+        classes = np.asarray(classes)
+        if self.final_classifier is True and self._fitted and self.n_outputs_ != len(classes):
+            raise ValueError(
+                f"final_classifier=True but the last stage outputs {self.n_outputs_} class "
+                f"scores for {len(classes)} classes {classes.tolist()[:20]}."
+            )
+        self.classes_ = classes
+        return self
+
+    # ------------------------------------------------------------- inference
+    @contextlib.contextmanager
+    def activate(self):
+        """Run the stages for inference: ``eval()``, on ``device_``, under ``inference_mode``.
+
+        Every module's training flag and every parameter's and buffer's device
+        are restored on exit, also when the body raises.
+        """
+        self._check_stages()
+        device = getattr(self, "device_", None)
+        if device is None:
+            device = self.device_ = _resolve_device(self.device)
+        mods = _unique_modules(self.stage_modules_)
+        devices = _record_devices(mods)
+        self._active = getattr(self, "_active", 0) + 1
+        try:
+            with _eval_mode(self.stage_modules_):
+                if any(rec[3] != device for rec in devices):
+                    for stage in self.stage_modules_:
+                        stage.to(device)
+                with torch.inference_mode():
+                    yield self
+        finally:
+            self._active -= 1
+            _restore_devices(devices)
+
+    def _split_batch(self, batch):
+        if isinstance(batch, torch.Tensor):
+            return batch, None
+        if isinstance(batch, (tuple, list)):
+            if len(batch) == 0:
+                raise ValueError("The DataLoader yields an empty batch.")
+            x = _to_tensor(batch[0])
+            y = batch[1] if len(batch) > 1 else None
+            return x, y
+        if isinstance(batch, np.ndarray):
+            return _to_tensor(batch), None
+        raise TypeError(
+            f"The DataLoader yields {type(batch).__name__} batches; expected tensors or "
+            "(x, y) / (x,) tuples."
+        )
+
+    def _check_shape(self, shape, ref, what):
+        if ref is not None and tuple(shape) != tuple(ref):
+            raise ValueError(
+                f"{what} has samples of shape {tuple(shape)} but {tuple(ref)} was expected "
+                "(every batch must have the same per-sample shape as the data the stages were "
+                "fitted on)."
+            )
+
+    def batches(self, X, y=None, batch_size=None):
+        """Yield ``(Xb, yb)``: ``Xb`` a float tensor on ``device_``, ``yb`` numpy labels or None.
+
+        ``X`` is an array or tensor of shape ``(n, ...)`` (cut into batches of
+        ``batch_size`` rows) or a DataLoader yielding ``(x, y)`` pairs or
+        ``x`` alone (its batches are kept; ``y`` must then be None).
+        """
+        device = getattr(self, "device_", None) or _resolve_device(self.device)
+        dtype = getattr(self, "input_dtype_", None) or torch.float32
+        ref = getattr(self, "input_shape_", None)
+        if is_dataloader(X):
+            if y is not None:
+                raise ValueError("y must be None when X is a DataLoader: the labels come from it.")
+            first = None
+            for i, batch in enumerate(X):
+                xb, yb = self._split_batch(batch)
+                shape = tuple(xb.shape[1:])
+                if first is None:
+                    first = shape
+                    self._check_shape(shape, ref, "The DataLoader")
+                elif shape != first:
+                    raise ValueError(
+                        f"DataLoader batch {i} has samples of shape {shape} but the earlier "
+                        f"batches had samples of shape {first}; every batch must have the "
+                        "same per-sample shape."
+                    )
+                n = xb.shape[0]
+                yield xb.to(device=device, dtype=dtype), _labels_to_numpy(yb, n)
+            return
+        bs = batch_size or self.batch_size or _DEFAULT_BATCH_SIZE
+        if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
+            raise ValueError(f"batch_size must be an int >= 1; got {bs!r}.")
+        if not isinstance(X, torch.Tensor):
+            X = np.asarray(X)
+        if X.ndim < 1:
+            raise ValueError(f"X must have shape (n_samples, ...); got shape {tuple(X.shape)}.")
+        self._check_shape(tuple(X.shape[1:]), ref, "X")
+        n = X.shape[0]
+        if y is not None:
+            y = _labels_to_numpy(y)
+            if y.shape[0] != n:
+                raise ValueError(f"X has {n} samples but y has {y.shape[0]}.")
+        for start in range(0, n, bs):
+            stop = min(start + bs, n)
+            if isinstance(X, torch.Tensor):
+                xb = X[start:stop].detach()
+            else:
+                xb = X[start:stop]
+                if not (xb.flags.c_contiguous and xb.flags.writeable):
+                    xb = np.array(xb, order="C")
+                xb = torch.from_numpy(xb)
+            yield (xb.to(device=device, dtype=dtype),
+                   None if y is None else y[start:stop])
+
+    def _call(self, module, Z):
+        """``module(Z)``; outside :meth:`activate`, in eval mode and inference mode anyway."""
+        if getattr(self, "_active", 0) > 0:
+            return module(Z)
+        dev = _module_device(module)
+        if isinstance(Z, torch.Tensor) and any(True for _ in module.parameters()) and (
+            dev.type != Z.device.type
+        ):
+            raise RuntimeError(
+                f"The stage is on {dev} but the batch on {Z.device}; run the stages inside "
+                "`with adapter.activate():`, which moves them to the adapter's device."
+            )
+        with _eval_mode([module]), torch.inference_mode():
+            return module(Z)
+
+    def run_stage(self, j, Z):
+        """Output of stage ``j`` for its input batch ``Z``.
+
+        Meant to run inside :meth:`activate`; outside it the stage is still
+        run in eval mode under :func:`torch.inference_mode` (so a training
+        flag never updates batch-norm statistics), at the cost of switching
+        modes on every call.
+        """
+        return self._call(self.stage_modules_[j], Z)
+
+    def stage_vector(self, j, Z):
+        """Pooled and flattened ``(n, D_j)`` float32 tensor of stage ``j``'s output."""
+        if getattr(self, "_active", 0) > 0:
+            V = self._poolings[j](Z)
+        else:
+            with torch.inference_mode():
+                V = self._poolings[j](Z)
+        return V.reshape(V.shape[0], -1).float()
+
+    def final_outputs(self, Z):
+        """``(argmax indices as numpy, softmax probabilities as a tensor)`` of the last stage."""
+        logits = self._call(self.stage_modules_[-1], Z)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+            raise ValueError(f"The last stage must output (n, K) class scores; got {shape}.")
+        proba = torch.softmax(logits.float(), dim=1)
+        idx = logits.argmax(dim=1).cpu().numpy().astype(np.intp)
+        return idx, proba
+
+    def take(self, Z, keep):
+        """Rows of ``Z`` selected by the numpy mask (or index array) ``keep``."""
+        keep = np.asarray(keep)
+        if keep.dtype == bool:
+            index = torch.from_numpy(keep).to(Z.device)
+        else:
+            index = torch.as_tensor(keep, dtype=torch.long, device=Z.device)
+        return Z[index]
+
+    def n_rows(self, Z):
+        return int(Z.shape[0])
+
+    def to_numpy(self, a):
+        if isinstance(a, torch.Tensor):
+            return a.detach().cpu().numpy()
+        return np.asarray(a)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_active"] = 0
+        return state
+
+    def __repr__(self):
+        n = "?" if self.stage_modules_ is None else len(self.stage_modules_)
+        return (
+            f"TorchStages(n_stages={n}, pooling={self.pooling!r}, device={self.device!r}, "
+            f"final_classifier={self.final_classifier!r})"
+        )
