@@ -4,6 +4,7 @@ import contextlib
 import numbers
 import sys
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -166,11 +167,20 @@ class _EarlyExitBase:
         state.pop("_tuning_table", None)  # per-sample tuning arrays: not needed to predict
         return state
 
-    def _choose_operating_point(self, table, rng):
+    def _choose_operating_point(self, table, rng, precomputed=None):
+        """Set the operating point (mixture of threshold vectors) from ``table``.
+
+        ``precomputed``: a sweep already run on ``table`` (used by
+        :class:`~sklearn_e2cm.FlopBudgetSearchCV`), a tuple ``(targets,
+        thresholds, costs, scores)`` that includes the two extremes (all
+        zeros, all ones); the hull branch then uses it instead of sweeping,
+        and the scores may come from any scoring.
+        """
         M = table.n_stages
         M1 = M - 1
         base_cost, base_acc = table.evaluate(np.ones(M1))
         rows = []
+        mix_eval = None  # (costs, scores) of the mixture's vectors when already known
         if self.thresholds is not None:
             T = np.asarray(self.thresholds, dtype=np.float64)
             if T.shape != (M1,):
@@ -187,7 +197,7 @@ class _EarlyExitBase:
             mix_T, mix_w = np.ones((1, M1)), np.array([1.0])
             rows.append((np.nan if self.flops_target is None else self.flops_target,
                          base_cost, base_acc, np.ones(M1), True))
-        elif getattr(self, "threshold_search", "hull") == "bisect":
+        elif getattr(self, "threshold_search", "hull") == "bisect" and precomputed is None:
             target = float(self.flops_target)
             if target < table.min_cost():
                 warn_unreachable(target, table.min_cost())
@@ -196,18 +206,24 @@ class _EarlyExitBase:
             c, a = table.evaluate(T)
             rows.append((target, c, a, T, True))
         else:
-            targets = np.linspace(0, 1, getattr(self, "n_targets", 1000) + 1)[1:]
-            T, costs, accs = sweep(
-                table, targets, random_state=rng,
-                progress=_progress(getattr(self, "verbose", 0), "E2CM threshold sweep",
-                                   len(targets)),
-            )
-            # the extremes: everything at the first exit, and the base model
-            T = np.vstack([T, np.zeros(M1), np.ones(M1)])
-            c0, a0 = table.evaluate(np.zeros(M1))
-            costs = np.append(costs, [c0, base_cost])
-            accs = np.append(accs, [a0, base_acc])
-            tg = np.append(targets, [np.nan, np.nan])
+            if precomputed is not None:
+                tg, T, costs, accs = (np.asarray(a) for a in precomputed)
+            else:
+                targets = np.linspace(0, 1, getattr(self, "n_targets", 1000) + 1)[1:]
+                method = ("coordinate"
+                          if getattr(self, "threshold_search", "hull") == "coordinate"
+                          else "bisect")
+                T, costs, accs = sweep(
+                    table, targets, method=method, random_state=rng,
+                    progress=_progress(getattr(self, "verbose", 0), "E2CM threshold sweep",
+                                       len(targets)),
+                )
+                # the extremes: everything at the first exit, and the base model
+                T = np.vstack([T, np.zeros(M1), np.ones(M1)])
+                c0, a0 = table.evaluate(np.zeros(M1))
+                costs = np.append(costs, [c0, base_cost])
+                accs = np.append(accs, [a0, base_acc])
+                tg = np.append(targets, [np.nan, np.nan])
             hull = upper_hull(costs, accs)
             on_hull = np.zeros(costs.shape[0], bool)
             on_hull[hull] = True
@@ -216,12 +232,13 @@ class _EarlyExitBase:
                 warn_unreachable(target, costs[hull[0]])
             verts, mix_w = time_sharing(costs[hull], target)
             mix_T = T[hull[verts]]
+            mix_eval = costs[hull[verts]], accs[hull[verts]]
             rows = list(zip(tg, costs, accs, list(T), on_hull))
         self.mixture_thresholds_ = mix_T
         self.mixture_weights_ = mix_w
         self.thresholds_ = mix_T[int(np.argmax(mix_w))].copy()
         self._mixture_costs = table.costs(mix_T)
-        cs, acc_ = table.evaluate_many(mix_T)
+        cs, acc_ = table.evaluate_many(mix_T) if mix_eval is None else mix_eval
         self.expected_flops_ = float(mix_w @ cs)
         self.expected_accuracy_ = float(mix_w @ acc_)
         self.tradeoff_ = pd.DataFrame(
@@ -681,6 +698,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
             adapter.fit(X_fit, y_fit, w_fit)
         if not streaming:
             adapter.set_classes(np.asarray(labels.labels))
+            self._warn_final_width(adapter, len(labels.labels))
         final_in_pass1 = adapter.final_is_classifier
         stage_flops = self._resolve_stage_costs(
             adapter.stage_flops_, getattr(adapter, "cost_errors_", {}))
@@ -765,6 +783,16 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
                     f"{self.max_covariance_bytes:.0f}. Reduce the stage vectors with pooling "
                     "(e.g. pooling='avg4' or ('avg', 2)) or raise max_covariance_bytes."
                 )
+
+    def _warn_final_width(self, adapter, n_classes):
+        width = getattr(adapter, "n_outputs_", None)
+        if self.final_classifier == "auto" and width is not None and width != n_classes:
+            warnings.warn(
+                f"The last stage outputs {width} scores but y has {n_classes} classes, so it is "
+                "not used as the base model's classifier: the last stage decides by nearest "
+                "class mean. Pass final_classifier=False to silence this, or check the labels.",
+                UserWarning, stacklevel=3,
+            )
 
     def _check_n_classes(self, classes):
         if len(classes) < 2:

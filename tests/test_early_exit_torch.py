@@ -1,0 +1,217 @@
+"""EarlyExitClassMeans on torch stages (tiny ResNet on 8x8 digits)."""
+
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from sklearn.base import clone  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis  # noqa: E402
+
+from sklearn_e2cm import EarlyExitClassMeans  # noqa: E402
+from sklearn_e2cm._thresholds import cumulative_cost  # noqa: E402
+from sklearn_e2cm.models import resnet_small, train_classifier  # noqa: E402
+from sklearn_e2cm.stages import split_into_stages  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
+    return X[:1200], y[:1200], X[1200:], y[1200:]
+
+
+@pytest.fixture(scope="module")
+def net(data):
+    Xtr, ytr, _, _ = data
+    torch.manual_seed(0)
+    model = resnet_small(depth=8, width=8, in_channels=1, n_classes=10, input_size=8)
+    train_classifier(model, Xtr, ytr, epochs=2, batch_size=64, random_state=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def stages(net):
+    return split_into_stages(net)
+
+
+@pytest.fixture(scope="module")
+def fitted(stages, data):
+    Xtr, ytr, _, _ = data
+    return EarlyExitClassMeans(stages=stages, flops_target=0.5, batch_size=128,
+                               random_state=0).fit(Xtr, ytr)
+
+
+def _logits(net, X):
+    with torch.inference_mode():
+        return net(torch.from_numpy(X)).numpy()
+
+
+def test_base_model_reproduced_and_left_untouched(net, stages, data):
+    Xtr, ytr, Xte, yte = data
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    net.train()
+    clf = EarlyExitClassMeans(stages=stages, batch_size=100).fit(Xtr, ytr)
+    assert net.training  # mode restored
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k])  # no weight or BN statistic changed
+    np.testing.assert_array_equal(clf.predict(Xte), _logits(net.eval(), Xte).argmax(1))
+    assert np.all(clf.route(Xte).flops == 1.0)
+
+
+def test_inputs_numpy_tensor_dataloader_agree(stages, data):
+    Xtr, ytr, Xte, yte = data
+    from torch.utils.data import DataLoader, TensorDataset
+
+    a = EarlyExitClassMeans(stages=stages, batch_size=128, random_state=0,
+                            flops_target=0.5).fit(Xtr, ytr)
+    b = EarlyExitClassMeans(stages=stages, batch_size=128, random_state=0,
+                            flops_target=0.5).fit(torch.from_numpy(Xtr), torch.from_numpy(ytr))
+    loader = DataLoader(TensorDataset(torch.from_numpy(Xtr), torch.from_numpy(ytr)),
+                        batch_size=100)
+    c = EarlyExitClassMeans(stages=stages, random_state=0, flops_target=0.5).fit(loader)
+    for other in (b, c):
+        for ca, cb in zip(a.class_means_, other.class_means_):
+            np.testing.assert_allclose(ca, cb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a.predict(Xte), b.predict(Xte))
+    assert c.predict(Xte).shape == (len(Xte),)
+
+
+def test_routing_equals_per_sample_reference_and_compacts(fitted, stages, data):
+    Xtr, ytr, Xte, yte = data
+    clf = fitted
+    res = clf.route(Xte)
+    P = list(clf.staged_predict_proba(Xte))
+    base = list(clf.staged_predict(Xte))[-1]
+    T = clf.mixture_thresholds_[res.component]
+    M = clf.n_stages_
+    for i in range(len(Xte)):
+        for j in range(M):
+            if j == M - 1 or P[j][i].max() > T[i, j]:
+                pred = base[i] if j == M - 1 else clf.classes_[P[j][i].argmax()]
+                break
+        assert (res.exit_stage[i], res.y_pred[i]) == (j, pred)
+        cost = cumulative_cost(clf.stage_flops_, clf.exit_flops_, T[i] < 1, last_head=False)
+        assert res.flops[i] == pytest.approx(cost[j])
+    # compaction: a stage only sees the rows that have not exited before it
+    seen = [0] * M
+    hooks = [st.register_forward_hook(lambda m, i, o, j=j: seen.__setitem__(j, seen[j] + len(o)))
+             for j, st in enumerate(stages)]
+    try:
+        clf.predict(Xte)
+    finally:
+        for h in hooks:
+            h.remove()
+    reached = [(res.exit_stage >= j).sum() for j in range(M)]
+    assert seen == reached
+    assert seen[-1] < len(Xte)
+
+
+def test_flops_from_flop_counter_and_overheads(fitted):
+    clf = fitted
+    assert clf.stage_flops_.shape == (clf.n_stages_,)
+    assert np.all(clf.stage_flops_ > 0)
+    # the stem conv of the 8-wide resnet: 2 * 1 * 8 * 3 * 3 * 8 * 8 multiply-adds
+    assert clf.stage_flops_[0] == 2 * 1 * 8 * 9 * 64
+    from sklearn_e2cm._class_means import head_flops
+
+    D = [c.shape[1] for c in clf.class_means_]
+    for j in range(clf.n_stages_ - 1):
+        assert clf.exit_flops_[j] == head_flops(D[j], 10, "euclidean", True)
+    assert clf.exit_flops_[-1] == 0.0
+    assert clf.cumulative_cost_[-1] > 1.0
+
+
+def test_pooling_cost_counted(stages, data):
+    Xtr, ytr, _, _ = data
+    clf = EarlyExitClassMeans(stages=stages, pooling=("avg", 2), batch_size=256).fit(Xtr, ytr)
+    from sklearn_e2cm._class_means import head_flops
+
+    for j in range(clf.n_stages_ - 1):
+        D = clf.class_means_[j].shape[1]
+        C, H, W = clf._adapter.output_shapes_[j]
+        # adaptive average pooling to 2x2: every element is added once (0 if already 2x2)
+        pool = 0 if (H, W) == (2, 2) else C * H * W
+        assert clf._adapter.vector_flops_[j] == pool
+        assert clf.exit_flops_[j] == head_flops(D, 10, "euclidean", True) + pool
+        assert D == C * 4
+
+
+def test_mahalanobis_on_pooled_torch_features_equals_lda(stages, data):
+    Xtr, ytr, Xte, yte = data
+    idx = np.concatenate([np.flatnonzero(ytr == k)[:100] for k in range(10)])  # balanced
+    clf = EarlyExitClassMeans(stages=stages, metric="mahalanobis", pooling="avg2",
+                              batch_size=256).fit(Xtr[idx], ytr[idx])
+    ad = clf._adapter
+    with ad.activate():
+        Z = torch.from_numpy(Xtr[idx])
+        Zt = torch.from_numpy(Xte)
+        for j in range(2):
+            Z, Zt = ad.run_stage(j, Z), ad.run_stage(j, Zt)
+        F = ad.stage_vector(1, Z).double().numpy()
+        Ft = ad.stage_vector(1, Zt).double().numpy()
+    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=clf.shrinkage_[1],
+                                     priors=np.full(10, 0.1)).fit(F, ytr[idx])
+    P = list(clf.staged_predict_proba(Xte))[1]
+    np.testing.assert_allclose(P, lda.predict_proba(Ft), atol=1e-4)
+
+
+def test_clone_and_pickle_roundtrip(fitted, data, tmp_path):
+    Xtr, ytr, Xte, yte = data
+    c = clone(fitted)  # scikit-learn deep-copies non-estimator parameters: an equal network
+    for a, b in zip(c.stages.parameters(), fitted.stages.parameters()):
+        assert torch.equal(a, b)
+    path = tmp_path / "e2cm.joblib"
+    joblib.dump(fitted, path)
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.predict(Xte), fitted.predict(Xte))
+    np.testing.assert_array_equal(loaded.route(Xte).flops, fitted.route(Xte).flops)
+    again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_allclose(again.predict_proba(Xte), fitted.predict_proba(Xte))
+
+
+def test_clear_errors(stages, data):
+    Xtr, ytr, Xte, yte = data
+    from torch.utils.data import DataLoader
+
+    fitted = EarlyExitClassMeans(stages=stages).fit(Xtr[:300], ytr[:300])
+    with pytest.raises(ValueError, match=r"\(1, 8, 8\)"):
+        fitted.predict(np.zeros((3, 1, 9, 9), np.float32))
+
+    class Changing(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            side = 8 if i < 32 else 9
+            return torch.zeros(1, side, side), i % 10
+
+    with pytest.raises(ValueError, match="shape"):
+        EarlyExitClassMeans(stages=stages).fit(DataLoader(Changing(), batch_size=32))
+
+    class NaNStage(torch.nn.Module):
+        def forward(self, x):
+            return x * float("nan")
+
+    bad = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), NaNStage(),
+                              torch.nn.Linear(16, 10))
+    with pytest.raises(ValueError, match="NaN"):
+        EarlyExitClassMeans(stages=bad).fit(Xtr[:100], ytr[:100])
+    Xnan = Xtr[:100].copy()
+    Xnan[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        EarlyExitClassMeans(stages=stages).fit(Xnan, ytr[:100])
+
+
+def test_missing_class_in_labels_is_explicit(stages, data):
+    Xtr, ytr, _, _ = data
+    keep = ytr != 9  # the network has 10 outputs but y only 9 classes
+    with pytest.raises(ValueError, match="10 class scores for 9 classes"):
+        EarlyExitClassMeans(stages=stages, final_classifier=True).fit(Xtr[keep], ytr[keep])
+    with pytest.warns(UserWarning, match="10 scores.*9 classes"):
+        clf = EarlyExitClassMeans(stages=stages).fit(Xtr[keep], ytr[keep])
+    assert not clf._adapter.final_is_classifier
