@@ -99,8 +99,8 @@ def route(
 
     Returns
     -------
-    y_idx : ndarray of int (class indices), and a :class:`RoutingResult`
-        whose ``y_pred`` holds class indices (the estimator maps them).
+    result : RoutingResult
+        ``y_pred`` holds class *indices*; the estimator maps them to labels.
     """
     M = adapter.n_stages
     thresholds = np.atleast_2d(np.asarray(thresholds, dtype=np.float64))
