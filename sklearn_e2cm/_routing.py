@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._memory import trim_heap
 from ._thresholds import assign_rows, row_uniforms
 
 __all__ = ["RoutingResult", "route", "forward_all"]
@@ -109,7 +110,9 @@ def route(
     batches = adapter.batches(X, None, batch_size)
     if progress is not None:
         batches = progress(batches)
-    for Xb, _ in batches:
+    for b, (Xb, _) in enumerate(batches):
+        if b and b % 16 == 0:
+            trim_heap()  # keep resident memory flat over long streams
         n = adapter.n_rows(Xb)
         comp = np.zeros(n, dtype=np.intp)
         if V > 1:

@@ -21,7 +21,6 @@ stage output to its class-means vector is counted separately and exactly by
 """
 
 import numpy as np
-import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_flops", "stage_flops"]

@@ -14,9 +14,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
 
 from ._class_means import ClassStatsAccumulator, ExitHead, softmax, whitened_head
+from ._memory import trim_heap
 from ._routing import forward_all, route
 from ._thresholds import (
     ExitTable,
@@ -163,7 +168,7 @@ class _EarlyExitBase:
         return self
 
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: never alter the live estimator
         state.pop("_tuning_table", None)  # per-sample tuning arrays: not needed to predict
         return state
 
@@ -216,7 +221,7 @@ class _EarlyExitBase:
                 T, costs, accs = sweep(
                     table, targets, method=method, random_state=rng,
                     progress=_progress(getattr(self, "verbose", 0), "E2CM threshold sweep",
-                                       len(targets)),
+                                       len(targets) if method == "bisect" else None),
                 )
                 # the extremes: everything at the first exit, and the base model
                 T = np.vstack([T, np.zeros(M1), np.ones(M1)])
@@ -887,6 +892,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
                     cache[j].append(F)
             y_all.append(y_idx)
             n_seen += n
+            trim_heap()
         if n_seen == 0:
             raise ValueError("X contains no samples.")
         final = np.concatenate(final_all) if final_all else None
@@ -953,6 +959,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
                     vectors[-1] = fin[1]
                 for j, F in enumerate(vectors):
                     add(j, F)
+                trim_heap()
         if cache is not None:
             for j in range(cached_from, M):
                 for F in cache[j]:

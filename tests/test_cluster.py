@@ -356,3 +356,349 @@ def test_prefix_head_errors(large, blobs):
         _fit_prefix_head(large.encoder_, 4, (5,), X, **large._train_params())
     with pytest.raises(ValueError, match="head_dims must list"):
         _fit_prefix_head(large.encoder_, 1, (), X, **large._train_params())
+
+
+# -- DECEarlyExit ------------------------------------------------------------
+
+import copy  # noqa: E402
+
+from sklearn_e2cm import DECEarlyExit  # noqa: E402
+from sklearn_e2cm._class_means import head_flops  # noqa: E402
+from sklearn_e2cm.cluster import _DECStages, _mlp_flops  # noqa: E402
+
+
+def _with_one_thread(fn):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ee(blobs):
+    """DECEarlyExit with the paper's two exits, no early exit (base operating point)."""
+    X, _ = blobs
+    return _with_one_thread(lambda: DECEarlyExit(5, random_state=0, **TINY).fit(X))
+
+
+@pytest.fixture(scope="module")
+def x_new(blobs):
+    """Fresh samples of the same blobs, pushed through the same map."""
+    X5, y = make_blobs(n_samples=300, centers=5, n_features=5, random_state=0)
+    X5 = X5 + np.random.RandomState(1).normal(scale=0.3, size=X5.shape)
+    A = np.random.RandomState(0).randn(5, 50)
+    return np.tanh(X5 @ A / 5), y
+
+
+def _at(est, **operating_point):
+    """A copy of ``est`` at another operating point (no retraining)."""
+    out = copy.deepcopy(est)
+    out._tuning_table = est._tuning_table  # not copied (nor pickled): share the cached arrays
+    out.set_operating_point(**operating_point)
+    return out
+
+
+def test_ee_large_dec_is_dec(ee, large):
+    # the large DEC of DECEarlyExit(random_state=0) is DEC(random_state=0)
+    np.testing.assert_array_equal(ee.labels_, large.labels_)
+    np.testing.assert_array_equal(ee.cluster_centers_, large.cluster_centers_)
+    for a, b in zip(ee.dec_.encoder_.state_dict().values(), large.encoder_.state_dict().values()):
+        assert torch.equal(a, b)
+    assert ee.dec_.random_state == 0
+
+
+def test_ee_fitted_attributes(ee, blobs):
+    X, _ = blobs
+    assert ee.n_stages_ == 3 and ee.exit_depths_ == [1, 2]
+    np.testing.assert_array_equal(ee.classes_, np.arange(5))
+    assert len(ee.exit_encoders_) == len(ee.exit_centers_) == len(ee.exit_labels_) == 2
+    for C, lab, mapping in zip(ee.exit_centers_, ee.exit_labels_, ee.exit_alignment_):
+        assert C.shape == (5, 5) and lab.shape == (500,)
+        assert sorted(mapping) == list(range(5))
+    assert len(ee.class_means_) == 3 and len(ee.distance_scale_) == 2
+    assert all(s.shape == (5,) and np.all(s > 0) for s in ee.distance_scale_)
+    assert ee.transform(X).shape == (500, 5)
+    np.testing.assert_array_equal(ee.transform(X), ee.dec_.transform(X))
+    names = [f"decearlyexit{i}" for i in range(5)]
+    np.testing.assert_array_equal(ee.get_feature_names_out(), names)
+    assert list(ee.tradeoff_.columns) == ["target", "flops", "accuracy", "thresholds", "on_hull"]
+
+
+def test_ee_frozen_layers_bit_identical(ee, large):
+    linear = _linear_layers(large.encoder_)
+    for enc, d in zip(ee.exit_encoders_, ee.exit_depths_):
+        mine = _linear_layers(enc)
+        assert len(mine) == d + 1
+        for a, b in zip(mine[:d], linear[:d]):
+            assert not a.weight.requires_grad and not a.bias.requires_grad
+            assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    # the large encoder itself is the one DEC trains, untouched by the heads
+    for a, b in zip(ee.dec_.encoder_.parameters(), large.encoder_.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_ee_alignment_agrees_on_easy_samples(ee, blobs):
+    X, y = blobs
+    easy = ee.dec_.soft_assign(X).max(axis=1) > 0.5
+    assert easy.mean() > 0.5
+    staged = list(ee.staged_predict(X))
+    assert len(staged) == 3
+    np.testing.assert_array_equal(staged[-1], ee.labels_)
+    for j in range(2):
+        # the head DEC's own assignment and the E²CM exit prediction (eq. 4) both agree
+        assert np.mean(ee.exit_labels_[j][easy] == ee.labels_[easy]) >= 0.9
+        assert np.mean(staged[j][easy] == ee.labels_[easy]) >= 0.9
+        assert ee.exit_agreement_[j] >= 0.9
+
+
+def test_ee_base_operating_point_is_the_large_dec(ee, large, blobs, x_new):
+    X, _ = blobs
+    assert ee.expected_flops_ == 1.0 and ee.expected_accuracy_ == 1.0
+    np.testing.assert_array_equal(ee.thresholds_, [1.0, 1.0])
+    for data in (X, x_new[0]):
+        r = ee.route(data)
+        np.testing.assert_array_equal(r.y_pred, large.predict(data))
+        np.testing.assert_array_equal(ee.predict(data), large.predict(data))
+        assert np.all(r.flops == 1.0)
+        assert np.all(r.exit_stage == 2)
+        np.testing.assert_allclose(r.proba, large.soft_assign(data))
+
+
+def test_ee_cost_model(ee):
+    # Linear 2·in·out + out, ReLU 1 per element; the clustering layer 2D + 2KD + 8K
+    lin = lambda i, o: 2 * i * o + o  # noqa: E731
+    c = [lin(50, 32) + 32, lin(32, 32) + 32, lin(32, 64) + 64 + lin(64, 5) + (10 + 50 + 40)]
+    np.testing.assert_array_equal(ee.stage_flops_, c)
+    e = lin(32, 5) + head_flops(5, 5)
+    np.testing.assert_array_equal(ee.exit_flops_, [e, e, 0])
+    np.testing.assert_allclose(ee.cumulative_cost_, np.cumsum(np.add(c, [e, e, 0])) / sum(c))
+    assert ee.cumulative_cost_[-1] > 1.0
+    # the matrix products agree with torch's flop counter (which ignores bias and ReLU)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        ee.dec_.encoder_(torch.zeros(1, 50))
+    biases_relus = (32 + 32) * 2 + 64 * 2 + 5
+    assert counter.get_total_flops() == _mlp_flops(ee.dec_.encoder_) - biases_relus
+
+
+def test_ee_flops_target_on_the_hull(ee, blobs):
+    X, _ = blobs
+    hull_c = ee._hull_costs
+    assert hull_c[0] < 0.5 and np.all(np.diff(hull_c) > 0)
+    target = float(hull_c[0] + 0.4 * (hull_c[-1] - hull_c[0]))
+    est = _at(ee, flops_target=target)
+    assert abs(est.expected_flops_ - target) <= 0.01
+    assert est.tradeoff_["on_hull"].sum() >= 2
+    r = est.route(X)
+    assert abs(r.flops.mean() - target) <= 0.03
+    assert np.all(r.flops >= ee.cumulative_cost_[0] - 1e-12)
+    assert np.all(r.flops <= ee.cumulative_cost_[-1] + 1e-12)
+    assert np.bincount(r.exit_stage, minlength=3)[0] > 0
+    # a budget below the cheapest exit warns and serves everything at the first exit
+    with pytest.warns(UserWarning, match="below the cheapest reachable cost"):
+        cheap = _at(ee, flops_target=0.01)
+    assert np.all(cheap.route(X).exit_stage == 0)
+
+
+def _reference_route(est, X, component):
+    """Per-sample loop: brute-force distances to the centres, eq. 4, softmax, strict >."""
+    Zs = [_forward(enc, X, batch_size=64, device="cpu").numpy().astype(np.float64)
+          for enc in est.exit_encoders_]
+    final = est.dec_.predict(X)
+    c, e = est.stage_flops_, est.exit_flops_
+    M = est.n_stages_
+    pred, stage, flops, margin = [], [], [], []
+    for i in range(X.shape[0]):
+        T = est.mixture_thresholds_[component[i]]
+        paid = 0.0
+        for j in range(M):
+            paid += c[j]
+            if j == M - 1:
+                pred.append(final[i]), stage.append(j)
+                break
+            if T[j] >= 1.0:
+                continue
+            paid += e[j]
+            C, s = est.class_means_[j], est.distance_scale_[j]
+            d = np.array([np.sqrt(np.sum((Zs[j][i] - C[k]) ** 2)) for k in range(len(C))])
+            z = -d / s
+            p = np.exp(z - z.max())
+            p /= p.sum()
+            margin.append(abs(p.max() - T[j]))
+            if p.max() > T[j]:
+                pred.append(int(np.argmax(p))), stage.append(j)
+                break
+        flops.append(paid / c.sum())
+    return np.array(pred), np.array(stage), np.array(flops), min(margin, default=1.0)
+
+
+@pytest.mark.parametrize("point", [dict(thresholds=[0.6, 0.45]), dict(flops_target=None)])
+def test_ee_routing_equals_reference_loop(ee, x_new, point):
+    X, _ = x_new
+    if point.get("flops_target", 0) is None:  # a time-shared mixture of two hull vertices
+        c = ee._hull_costs
+        point = dict(flops_target=float((c[0] + c[1]) / 2))
+    est = _at(ee, **point)
+    r = est.route(X)
+    if "flops_target" in point:
+        assert len(est.mixture_weights_) == 2 and len(np.unique(r.component)) == 2
+    pred, stage, flops, margin = _reference_route(est, X, r.component)
+    assert margin > 1e-6  # no sample sits on a threshold
+    np.testing.assert_array_equal(r.exit_stage, stage)
+    np.testing.assert_array_equal(r.y_pred, pred)
+    np.testing.assert_allclose(r.flops, flops, rtol=1e-12)
+    assert len(np.unique(stage)) >= 2
+
+
+def test_ee_tradeoff_curve_matches_predict(ee, blobs, x_new):
+    X, y = blobs
+    curve = ee.tradeoff_curve(X, y)
+    assert list(curve.columns) == ["target", "flops", "score", "agreement", "on_hull"]
+    base = curve.iloc[-1]
+    assert np.isnan(base["target"]) and base["flops"] == 1.0
+    assert base["score"] == clustering_accuracy(y, ee.labels_)
+    assert curve["on_hull"].any()
+    # every row is what predict/route give at that operating point
+    Xn, yn = x_new
+    c = ee._hull_costs
+    target = float((c[0] + c[1]) / 2)
+    row = ee.tradeoff_curve(Xn, yn, targets=[target]).iloc[0]
+    est = _at(ee, flops_target=target)
+    r = est.route(Xn)
+    assert row["score"] == clustering_accuracy(yn, r.y_pred)
+    assert row["flops"] == pytest.approx(r.flops.mean(), rel=1e-12)
+    assert row["agreement"] == np.mean(r.y_pred == ee.predict(Xn))
+    # any scorer of (y_true, y_pred)
+    from sklearn.metrics import adjusted_rand_score
+
+    ari = ee.tradeoff_curve(Xn, yn, scoring=adjusted_rand_score, targets=[target])
+    assert ari["score"].iloc[0] == adjusted_rand_score(yn, r.y_pred)
+    with pytest.raises(ValueError, match="scoring must be a callable"):
+        ee.tradeoff_curve(X, y, scoring="accuracy")
+    with pytest.raises(ValueError, match="y must be a 1-D array with one label per sample"):
+        ee.tradeoff_curve(X, y[:10])
+
+
+def test_ee_exit_table(ee, blobs):
+    X, y = blobs
+    with_labels = ee.exit_table(X, y)
+    M1 = ee.n_stages_ - 1
+    _, score = with_labels.evaluate(np.ones(M1))
+    assert score == pytest.approx(clustering_accuracy(y, ee.labels_))
+    agreement = ee.exit_table(X)
+    assert agreement.evaluate(np.ones(M1)) == (1.0, 1.0)
+    np.testing.assert_allclose(agreement.full_cost, ee.cumulative_cost_)
+
+
+def test_ee_pickle_and_joblib(ee, x_new, tmp_path):
+    X, y = x_new
+    c = ee._hull_costs
+    est = _at(ee, flops_target=float((c[0] + c[1]) / 2))
+    for restored in (pickle.loads(pickle.dumps(est)),
+                     joblib.load(joblib.dump(est, tmp_path / "ee.joblib")[0])):
+        a, b = est.route(X), restored.route(X)
+        np.testing.assert_array_equal(a.y_pred, b.y_pred)
+        np.testing.assert_array_equal(a.flops, b.flops)
+        np.testing.assert_array_equal(restored.transform(X), est.transform(X))
+        assert restored.tradeoff_curve(X, y).equals(est.tradeoff_curve(X, y))
+
+
+def test_ee_middle_exit_only(blobs, capsys):
+    X, y = blobs
+    est = _with_one_thread(lambda: DECEarlyExit(
+        5, exits=("middle",), flops_target=0.6, random_state=0, verbose=1,
+        **dict(TINY, pretrain_epochs=10, max_iter=60)).fit(X))
+    assert est.n_stages_ == 2 and est.exit_depths_ == [2]
+    lin = lambda i, o: 2 * i * o + o  # noqa: E731
+    assert est.stage_flops_[0] == lin(50, 32) + 32 + lin(32, 32) + 32
+    assert isinstance(est._adapter, _DECStages) and est._adapter.n_stages == 2
+    r = est.route(X)
+    assert set(np.unique(r.exit_stage)) <= {0, 1}
+    assert est.thresholds_.shape == (1,)
+    assert clustering_accuracy(y, r.y_pred) > 0.9
+    fixed = _at(est, thresholds=[0.5])
+    assert fixed.route(X).flops.min() == pytest.approx(est.cumulative_cost_[0])
+    with pytest.raises(ValueError, match=r"thresholds has shape \(2,\); expected \(1,\)"):
+        _at(est, thresholds=[0.5, 0.5])
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(exits=("tiny",)), r"exits contains 'tiny'; each exit must be 'small'"),
+        (dict(exits=()), r"exits=\(\) names no exit"),
+        (dict(exits=("small", 1)), r"names the same exit twice \(exit depths \[1, 1\]\)"),
+        (dict(exits=(4,)), r"exits contains 4, an exit after hidden layer 4, but hidden=\(32, 32, "
+                           r"64\) has 3 hidden layer\(s\)"),
+        (dict(exits=(0,)), r"exits contains 0, an exit after hidden layer 0"),
+        (dict(exits=(True,)), r"exits contains True"),
+        (dict(exits=("middle",), hidden=(16,)), r"exits contains 'middle'.*has 1 hidden layer"),
+        (dict(exits="small"), "'exits' parameter of DECEarlyExit must be an instance of"),
+        (dict(flops_target=1.5), "'flops_target' parameter of DECEarlyExit must be"),
+        (dict(threshold_search="grid"), "'threshold_search' parameter of DECEarlyExit"),
+        (dict(n_clusters=0), "'n_clusters' parameter of DECEarlyExit must be an int"),
+    ],
+)
+def test_ee_bad_parameters(params, match):
+    X = np.random.RandomState(0).rand(20, 4)
+    with pytest.raises(ValueError, match=match):
+        DECEarlyExit(**dict(dict(TINY, n_clusters=3), **params)).fit(X)
+
+
+def test_ee_errors_at_predict_time(ee, blobs):
+    X, y = blobs
+    with pytest.raises(NotFittedError):
+        DECEarlyExit().predict(X)
+    with pytest.raises(NotFittedError):
+        DECEarlyExit().tradeoff_curve(X, y)
+    with pytest.raises(ValueError, match="X has 49 features, but DECEarlyExit is expecting 50"):
+        ee.predict(X[:, :49])
+
+
+def test_ee_on_digits():
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    est = _with_one_thread(lambda: DECEarlyExit(
+        10, hidden=(64, 64, 128), embedding_dim=10, pretrain_epochs=30, batch_size=64,
+        max_iter=300, update_interval=30, n_init=5, random_state=0, n_targets=200,
+        flops_target=0.6).fit(X))
+    acc_large = clustering_accuracy(y, est.labels_)
+    acc_km = clustering_accuracy(y, KMeans(10, n_init=5, random_state=0).fit_predict(X))
+    assert acc_large > acc_km - 0.1
+    curve = est.tradeoff_curve(X, y)
+    assert curve["flops"].min() < 0.5
+    # with labels never seen, the cheap operating points keep most of the accuracy
+    assert curve.loc[curve["flops"] <= 0.61, "score"].max() > acc_large - 0.1
+    assert abs(est.expected_flops_ - 0.6) <= 0.01 or est.expected_flops_ < 0.6
+
+
+@parametrize_with_checks(
+    [
+        DECEarlyExit(
+            n_clusters=3, hidden=(8, 8), embedding_dim=2, pretrain_epochs=2, max_iter=10,
+            update_interval=5, n_init=2, batch_size=16, n_targets=20, random_state=0,
+        )
+    ]
+)
+def test_ee_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def test_ee_tradeoff_display(ee, blobs):
+    pytest.importorskip("matplotlib")
+    plotting = pytest.importorskip("sklearn_e2cm.plotting")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    X, y = blobs
+    est = _at(ee, flops_target=float(np.mean(ee._hull_costs[:2])))
+    disp = plotting.TradeoffDisplay.from_estimator(est, X, y, scoring=clustering_accuracy)
+    assert disp.base_score == pytest.approx(clustering_accuracy(y, ee.labels_))
+    assert disp.base_flops == pytest.approx(1.0)
+    assert np.all(np.asarray(disp.flops) >= ee.cumulative_cost_[0] - 1e-9)
+    plt.close("all")
