@@ -1098,7 +1098,7 @@ n_init, random_state, device, verbose
     thresholds : array-like of shape (len(exits),), default=None
         Explicit exit thresholds in [0, 1], in exit order (shallowest
         first); override the search.
-    threshold_search : {"hull", "bisect"}, default="hull"
+    threshold_search : {"hull", "coordinate", "bisect"}, default="hull"
         ``"hull"``: sweep ``n_targets`` FLOP targets, keep the upper concave
         hull of (cost, agreement) on the training data and serve
         ``flops_target`` by time sharing. ``"bisect"``: the paper's search
@@ -1219,7 +1219,7 @@ n_init, random_state, device, verbose
         "exits": [tuple, list],
         "flops_target": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "thresholds": ["array-like", None],
-        "threshold_search": [StrOptions({"hull", "bisect"})],
+        "threshold_search": [StrOptions({"hull", "coordinate", "bisect"})],
         "n_targets": [Interval(numbers.Integral, 2, None, closed="left")],
         "normalize": ["boolean"],
     }

@@ -1,0 +1,240 @@
+"""Threshold search, hull and time sharing on cached exit tables."""
+
+import numpy as np
+import pytest
+
+from sklearn_e2cm._thresholds import (
+    GRID,
+    ExitTable,
+    _coordinate_step,
+    assign_rows,
+    bisection_search,
+    coordinate_path,
+    cumulative_cost,
+    exit_stages,
+    row_uniforms,
+    sweep,
+    time_sharing,
+    upper_hull,
+)
+
+
+def _table(N=400, M=4, seed=0, weights=False, last_head=False, exit_scale=0.05):
+    rng = np.random.default_rng(seed)
+    a = np.linspace(1.0, 5.0, M)
+    conf = rng.beta(a[None, :], 2.0, size=(N, M))
+    correct = rng.random((N, M)) < 0.25 + 0.7 * conf
+    stage_flops = rng.uniform(0.5, 2.0, M)
+    exit_flops = exit_scale * rng.uniform(0.5, 1.5, M)
+    if not last_head:
+        exit_flops[-1] = 0.0
+    w = rng.uniform(0.2, 2.0, N) if weights else None
+    pred = rng.integers(0, 3, size=(N, M))
+    return ExitTable(conf, correct, stage_flops, exit_flops, last_head, w, pred_labels=pred,
+                     classes=np.array(["a", "b", "c"]))
+
+
+def _reference(table, T):
+    """Per-sample loop: exit stage, cost and score of one threshold vector."""
+    conf, correct = table.conf, table.correct
+    M = table.n_stages
+    cost_vec = cumulative_cost(table.stage_flops, table.exit_flops, np.asarray(T) < 1,
+                               table.last_head)
+    w = np.full(table.n_samples, 1.0 / table.n_samples) if table.weights is None else (
+        table.weights)
+    exits = np.empty(table.n_samples, dtype=int)
+    for i in range(table.n_samples):
+        exits[i] = M - 1
+        for j in range(M - 1):
+            if conf[i, j] > T[j]:
+                exits[i] = j
+                break
+    return exits, float(w @ cost_vec[exits]), float(w @ correct[np.arange(len(exits)), exits])
+
+
+# ---------------------------------------------------------------------------- evaluation
+@pytest.mark.parametrize("weights", [False, True])
+def test_evaluate_matches_reference_loop(weights):
+    table = _table(weights=weights)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        T = rng.random(3)
+        T[rng.random(3) < 0.3] = 1.0
+        exits, c, s = _reference(table, T)
+        np.testing.assert_array_equal(table.exit_stages(T), exits)
+        assert table.evaluate(T) == pytest.approx((c, s), abs=1e-12)
+        np.testing.assert_array_equal(table.predict_indices(T),
+                                      table.pred_labels[np.arange(table.n_samples), exits])
+    # one vector per sample (time sharing)
+    Trows = rng.random((table.n_samples, 3))
+    np.testing.assert_array_equal(table.exit_stages(Trows), exit_stages(table.conf, Trows))
+
+
+def test_predict_indices_needs_pred_labels():
+    t = ExitTable(np.random.rand(5, 2), np.ones((5, 2), bool), [1, 1], [0, 0], False)
+    with pytest.raises(ValueError, match="pred_labels"):
+        t.predict_indices([0.5])
+
+
+# ----------------------------------------------------------------------------- bisection
+@pytest.mark.parametrize("weights", [False, True])
+def test_bisection_meets_target_and_reports_exact_cost_score(weights):
+    table = _table(N=2000, M=5, weights=weights)
+    for target in (0.3, 0.5, 0.8):
+        T, conv, c, s = bisection_search(table, target, random_state=0, return_cost_score=True)
+        assert conv
+        assert abs(c - target) <= 5e-4
+        assert (c, s) == pytest.approx(table.evaluate(T), abs=1e-12)
+        assert np.all(T * GRID == np.round(T * GRID))  # on the grid
+
+
+def test_bisection_many_stages_without_lookup_table():
+    table = _table(N=300, M=19)  # 18 early exits: bit codes without a lookup table
+    T, conv, c, s = bisection_search(table, 0.5, random_state=0, return_cost_score=True)
+    assert conv and abs(c - 0.5) <= 5e-4
+    assert (c, s) == pytest.approx(table.evaluate(T), abs=1e-12)
+
+
+def test_sweep_bisect_is_reproducible_and_exact():
+    table = _table(N=1000)
+    targets = np.linspace(0.05, 1, 40)
+    T1, c1, s1 = sweep(table, targets, method="bisect", random_state=3)
+    T2, c2, s2 = sweep(table, targets, method="bisect", random_state=3)
+    np.testing.assert_array_equal(T1, T2)
+    ce, se = table.evaluate_many(T1)
+    np.testing.assert_allclose(c1, ce, atol=1e-12)
+    np.testing.assert_allclose(s1, se, atol=1e-12)
+
+
+def test_sweep_unknown_method():
+    with pytest.raises(ValueError, match="Unknown threshold search method 'newton'.*'bisect'"):
+        sweep(_table(), [0.5], method="newton")
+    with pytest.raises(TypeError, match="n_lambdas"):
+        sweep(_table(), [0.5], method="bisect", n_lambdas=3)
+
+
+# ---------------------------------------------------------------------------- coordinate
+@pytest.mark.parametrize("weights", [False, True])
+def test_coordinate_step_is_the_exact_1d_optimum(weights):
+    """Brute force over every candidate threshold of one stage (and 'off')."""
+    table = _table(N=150, M=4, weights=weights, exit_scale=0.2)
+    rng = np.random.default_rng(0)
+    pieces = {"correct": table.correct_flat.reshape(4, -1).astype(np.int64), "min_gain": 0.0,
+              "asc": [d[::-1] for _, d, _ in table.sorted_columns]}
+    for _ in range(12):
+        T = rng.random(3)
+        lam = rng.choice([0.0, 0.05, 0.3, 1.0, 3.0])
+        j = int(rng.integers(3))
+        codes = table._codes(thresholds=T)
+
+        def objective(t):
+            T2 = T.copy()
+            T2[j] = t
+            c, s = table.evaluate(T2)
+            return s - lam * c
+
+        cands = np.concatenate([[0.0, 1.0], np.unique(table.conf[:, j])])
+        best = max(objective(t) for t in cands)
+        t_new = _coordinate_step(table, codes, T.copy(), j, lam, pieces)
+        got = objective(T[j] if t_new is None else t_new)
+        assert got == pytest.approx(best, abs=1e-12)
+        assert got >= objective(T[j]) - 1e-12
+
+
+def test_coordinate_path_points_are_exact_and_costs_fall_with_lambda():
+    table = _table(N=800, M=5)
+    lams = np.linspace(0, 4, 25)
+    T, c, s, lam = coordinate_path(table, lambdas=lams)
+    np.testing.assert_array_equal(lam, lams)
+    ce, se = table.evaluate_many(T)
+    np.testing.assert_allclose(c, ce, atol=1e-12)
+    np.testing.assert_allclose(s, se, atol=1e-12)
+    assert np.all(np.diff(c) <= 1e-12)
+    assert np.all((T >= 0) & (T <= 1))
+    # lambda = 0 from the base model: at least as good as the base model
+    assert s[0] >= table.evaluate(np.ones(4))[1] - 1e-12
+
+
+def test_coordinate_sweep_serves_each_target_within_budget():
+    table = _table(N=1500, M=5)
+    targets = np.linspace(0.01, 1, 100)
+    T, c, s = sweep(table, targets, method="coordinate", n_lambdas=40)
+    reachable = targets >= c.min()
+    assert np.all(c[reachable] <= targets[reachable] + 1e-12)
+    # a larger budget never gets a worse point
+    assert np.all(np.diff(s) >= -1e-12)
+
+
+def test_coordinate_hull_beats_bisection_hull_on_tuning_data():
+    table = _table(N=3000, M=6, seed=2)
+    targets = np.linspace(0, 1, 301)[1:]
+    _, cb, sb = sweep(table, targets, method="bisect", random_state=0)
+    _, cc, sc = sweep(table, targets, method="coordinate")
+    grid = np.linspace(max(cb.min(), cc.min()) + 0.02, 0.9, 30)
+    hb, hc = upper_hull(cb, sb), upper_hull(cc, sc)
+    vb = np.interp(grid, cb[hb], sb[hb])
+    vc = np.interp(grid, cc[hc], sc[hc])
+    assert np.mean(vc - vb) > 0
+    assert np.min(vc - vb) > -0.01
+
+
+# ----------------------------------------------------------------------------- hull
+def _check_hull(c, s, h):
+    hc, hs = c[h], s[h]
+    assert np.all(np.diff(hc) > 0)
+    assert np.all(np.diff(hs) >= 0)
+    slopes = np.diff(hs) / np.diff(hc)
+    assert np.all(np.diff(slopes) <= 1e-9)  # concave
+    # dominates every point: no point above the piecewise-linear hull
+    inside = (c >= hc[0]) & (c <= hc[-1])
+    assert np.all(s[inside] <= np.interp(c[inside], hc, hs) + 1e-9)
+    assert np.all(s[c >= hc[-1]] <= hs[-1] + 1e-12)
+    assert np.all(s[c <= hc[0]] <= hs[0] + 1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_upper_hull_is_concave_and_dominates_random_points(seed):
+    rng = np.random.default_rng(seed)
+    c = rng.random(300)
+    s = np.sqrt(c) + 0.2 * rng.random(300)
+    s[::17] = np.round(s[::17], 1)  # ties
+    c[::13] = c[0]
+    _check_hull(c, s, upper_hull(c, s))
+
+
+@pytest.mark.parametrize("method", ["bisect", "coordinate"])
+def test_hull_of_a_sweep_is_concave_and_dominates_swept_points(method):
+    table = _table(N=1000, M=5)
+    T, c, s = sweep(table, np.linspace(0, 1, 201)[1:], method=method, random_state=0)
+    _check_hull(c, s, upper_hull(c, s))
+
+
+def test_time_sharing_meets_any_target_on_a_segment():
+    hull_c = np.array([0.1, 0.25, 0.6, 0.9])
+    rng = np.random.default_rng(0)
+    for target in rng.uniform(0.1, 0.9, 50):
+        v, w = time_sharing(hull_c, target)
+        assert w.sum() == pytest.approx(1.0)
+        assert np.all(w >= 0)
+        assert w @ hull_c[v] == pytest.approx(target, abs=1e-12)
+        if len(v) == 2:
+            assert v[1] == v[0] + 1
+    assert time_sharing(hull_c, 0.05)[0].tolist() == [0]
+    assert time_sharing(hull_c, 0.95)[0].tolist() == [3]
+
+
+def test_time_sharing_between_two_vertices_on_a_table():
+    """The realised cost of per-row time sharing meets the target on 20k rows."""
+    table = _table(N=20000, M=4, seed=5)
+    T, c, s = sweep(table, np.linspace(0, 1, 101)[1:], method="coordinate")
+    h = upper_hull(c, s)
+    X = np.random.default_rng(0).normal(size=(table.n_samples, 3))
+    u = row_uniforms(X, seed=7)
+    for target in np.linspace(c[h][0], c[h][-1], 9)[1:-1]:
+        v, w = time_sharing(c[h], target)
+        Tv = T[h[v]]
+        comp = assign_rows(u, w)
+        exits = table.exit_stages(Tv[comp])
+        costs = table.costs(Tv)[comp, exits]
+        assert abs(costs.mean() - target) < 0.01
+        assert w @ table.evaluate_many(Tv)[0] == pytest.approx(target, abs=1e-12)
