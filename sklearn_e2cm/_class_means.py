@@ -181,6 +181,7 @@ class ClassStatsAccumulator:
         self.sums = None
         self.weights = None
         self.second = None
+        self.shift = None
         self.n_seen = 0
 
     def _grow(self, n_classes, n_features):
@@ -201,58 +202,68 @@ class ClassStatsAccumulator:
             self.weights = np.concatenate([self.weights, np.zeros(extra)])
 
     def update(self, F, y_idx, sample_weight=None):
-        """Add a batch: ``F`` (n, D) numpy or torch, ``y_idx`` (n,) int numpy."""
+        """Add a batch: ``F`` (n, D) numpy or torch, ``y_idx`` (n,) int numpy.
+
+        Statistics are taken around a fixed shift (the first batch's mean), so
+        that per-batch products lose no precision to large feature offsets.
+        Each batch's class sums are one matrix product, accumulated across
+        batches in float64; the product itself is in the features' precision
+        for the Euclidean metric and in float64 with ``scatter=True`` (the
+        whitened metric amplifies any error in the means or the covariance).
+        """
         y_idx = np.asarray(y_idx, dtype=np.intp)
         if y_idx.shape[0] == 0:
             return
         n_classes = int(y_idx.max()) + 1
         self._grow(max(n_classes, 0 if self.sums is None else self.sums.shape[0]), F.shape[1])
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        K, n = self.sums.shape[0], F.shape[0]
         if _is_torch(F):
             import torch
 
-            K = self.sums.shape[0]
-            n = F.shape[0]
-            # per-batch class sums as one matrix product (one-hot, or weighted one-hot,
-            # times F), accumulated across batches in float64. The whitened metric needs
-            # float64 throughout (its covariance is Σxxᵀ - Σccᵀ, prone to cancellation);
-            # Euclidean means take the batch product in F's precision (float32), which
-            # costs a fraction of converting every activation to float64.
-            Fs = F.double() if self.scatter else F
-            onehot = torch.zeros((K, n), dtype=Fs.dtype, device=F.device)
-            wt = None if w is None else torch.as_tensor(w, dtype=Fs.dtype, device=F.device)
+            if self.shift is None:
+                self.shift = F.double().mean(0).cpu().numpy()
+            # float64 throughout for the whitened metric: it amplifies any error in C or Σ
+            Fx = F.double() if self.scatter else F
+            Fc = Fx - torch.as_tensor(self.shift, dtype=Fx.dtype, device=F.device)
+            onehot = torch.zeros((K, n), dtype=Fc.dtype, device=F.device)
+            wt = None if w is None else torch.as_tensor(w, dtype=Fc.dtype, device=F.device)
             onehot[torch.as_tensor(y_idx, device=F.device), torch.arange(n, device=F.device)] = (
                 1.0 if wt is None else wt)
-            self.sums += (onehot @ Fs).double().cpu().numpy()
+            self.sums += (onehot @ Fc).double().cpu().numpy()
             if self.scatter:
-                Fw = Fs if wt is None else Fs * wt[:, None]
-                self.second += (Fs.T @ Fw).cpu().numpy()
+                Fw = Fc if wt is None else Fc * wt[:, None]
+                self.second += (Fc.T @ Fw).cpu().numpy()
         else:
             Fd = np.asarray(F, dtype=np.float64)
-            Fw = Fd if w is None else Fd * w[:, None]
+            if self.shift is None:
+                self.shift = Fd.mean(axis=0)
+            Fc = Fd - self.shift
+            Fw = Fc if w is None else Fc * w[:, None]
             order = np.argsort(y_idx, kind="stable")
             ys = y_idx[order]
             starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
             self.sums[ys[starts]] += np.add.reduceat(Fw[order], starts, axis=0)
             if self.scatter:
-                self.second += Fd.T @ Fw
-        self.weights += np.bincount(
-            y_idx, weights=w, minlength=self.sums.shape[0]
-        )[: self.sums.shape[0]]
-        self.n_seen += y_idx.shape[0]
+                self.second += Fc.T @ Fw
+        self.weights += np.bincount(y_idx, weights=w, minlength=K)[:K]
+        self.n_seen += n
 
-    def means(self):
-        """Weighted class means, shape (n_classes, n_features), float64."""
+    def _centred_means(self):
         if self.sums is None:
             raise ValueError("No samples were accumulated.")
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.sums / self.weights[:, None]
 
+    def means(self):
+        """Weighted class means, shape (n_classes, n_features), float64."""
+        return self._centred_means() + self.shift
+
     def within_class_covariance(self):
         """Pooled within-class covariance ``Σ_k Σ_{i∈k} w_i (x_i - c_k)(x_i - c_k)ᵀ / Σ w``."""
         if not self.scatter:
             raise ValueError("Accumulator was created with scatter=False.")
-        means = self.means()
+        means = self._centred_means()  # covariance is shift-invariant
         between = (means * self.weights[:, None]).T @ means
         cov = (self.second - between) / self.weights.sum()
         return (cov + cov.T) / 2.0

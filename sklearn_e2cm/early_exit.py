@@ -450,7 +450,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         Rows per batch when streaming through the stages.
     device : str, default="cpu"
         Torch device for torch stages.
-    cache_size : float, default=1e9
+    cache_size : float, default=1.5e9
         Bytes of stage vectors kept in memory while fitting so that the
         tuning pass does not run those stages again.
     random_state : int, RandomState instance or None, default=None
@@ -553,7 +553,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         final_classifier="auto",
         batch_size=1024,
         device="cpu",
-        cache_size=1e9,
+        cache_size=1.5e9,
         random_state=None,
         verbose=0,
     ):

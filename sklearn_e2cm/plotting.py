@@ -259,7 +259,7 @@ class TradeoffDisplay:
         *,
         scoring=None,
         flops_targets=1000,
-        method="coordinate",
+        method="bisect",
         tune="auto",
         sample_weight=None,
         random_state=None,
@@ -286,7 +286,7 @@ class TradeoffDisplay:
             accuracy with ``y`` (classifiers), agreement without.
         flops_targets : int or array-like, default=1000
             Targets swept when the thresholds are tuned on ``X``.
-        method : {"bisect", "coordinate"}, default="coordinate"
+        method : {"bisect", "coordinate"}, default="bisect"
             Threshold search when the thresholds are tuned on ``X``.
         tune : {"auto", "estimator", "data"}, default="auto"
             Where the plotted threshold vectors come from. ``"estimator"``:
