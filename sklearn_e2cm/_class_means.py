@@ -204,8 +204,9 @@ class ClassStatsAccumulator:
     def update(self, F, y_idx, sample_weight=None):
         """Add a batch: ``F`` (n, D) numpy or torch, ``y_idx`` (n,) int numpy.
 
-        Statistics are taken around a fixed shift (the first batch's mean), so
-        that per-batch products lose no precision to large feature offsets.
+        With ``scatter=True`` statistics are taken around a fixed shift (the
+        first batch's mean), so that the second moments lose no precision to
+        large feature offsets.
         Each batch's class sums are one matrix product, accumulated across
         batches in float64; the product itself is in the features' precision
         for the Euclidean metric and in float64 with ``scatter=True`` (the
@@ -222,10 +223,13 @@ class ClassStatsAccumulator:
             import torch
 
             if self.shift is None:
-                self.shift = F.double().mean(0).cpu().numpy()
-            # float64 throughout for the whitened metric: it amplifies any error in C or Σ
-            Fx = F.double() if self.scatter else F
-            Fc = Fx - torch.as_tensor(self.shift, dtype=Fx.dtype, device=F.device)
+                self.shift = (F.double().mean(0).cpu().numpy() if self.scatter
+                              else np.zeros(F.shape[1]))
+            if self.scatter:  # float64 throughout: whitening amplifies any error in C or Σ
+                Fx = F.double()
+                Fc = Fx - torch.as_tensor(self.shift, dtype=Fx.dtype, device=F.device)
+            else:  # plain sums need no shift (and no copy of the activations)
+                Fc = F
             onehot = torch.zeros((K, n), dtype=Fc.dtype, device=F.device)
             wt = None if w is None else torch.as_tensor(w, dtype=Fc.dtype, device=F.device)
             onehot[torch.as_tensor(y_idx, device=F.device), torch.arange(n, device=F.device)] = (
