@@ -122,18 +122,11 @@ def _import_torch():
 
 
 def _check_device(device):
-    """``device`` as a ``torch.device``; ValueError naming it when unusable."""
-    torch = _import_torch()
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"device={device!r} is not a torch device; use e.g. 'cpu', 'cuda' or "
-            "'cuda:0'."
-        ) from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available.")
-    return dev
+    """``device`` as a ``torch.device`` (one resolver for the package: the torch stages')."""
+    _import_torch()
+    from .stages.torch import _resolve_device
+
+    return _resolve_device(device)
 
 
 def _as_tensor(X, device):
