@@ -265,7 +265,7 @@ class _EarlyExitBase:
     def _validate_X(self, X):
         check_is_fitted(self)
         if self._adapter.backend == "torch":
-            X, _, streaming = self._check_torch_input(X, None, reset=False)
+            X, _, _ = self._check_torch_input(X, None, reset=False)
             return X
         return validate_data(self, X, dtype=np.float64, reset=False)
 
@@ -661,14 +661,14 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         streaming = False
         if torch_backend:
             X, y, streaming = self._check_torch_input(X, y, reset=True)
-        else:
+        if not streaming:
             if y is None:
                 raise ValueError(
                     "requires y to be passed, but the target y is None (labels are needed for "
                     "the class means)."
                 )
-            X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
-        if not streaming:
+            if not torch_backend:
+                X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
             check_classification_targets(y)
             classes = np.unique(y)
             self._check_n_classes(classes)
