@@ -19,6 +19,7 @@ import numpy as np
 __all__ = [
     "ClassStatsAccumulator",
     "oas_shrinkage",
+    "normalized_head",
     "whitened_head",
     "ExitHead",
     "squared_distances",
@@ -271,6 +272,35 @@ class ClassStatsAccumulator:
         between = (means * self.weights[:, None]).T @ means
         cov = (self.second - between) / self.weights.sum()
         return (cov + cov.T) / 2.0
+
+
+def normalized_head(means, distances, normalize=True, sample_weight=None):
+    """Euclidean exit head whose eq. 4 scales come from tuning-data distances.
+
+    Parameters
+    ----------
+    means : ndarray of shape (n_classes, n_features)
+    distances : ndarray of shape (n_samples, n_classes)
+        Distances of the tuning samples to ``means`` (eq. 3).
+    normalize : bool
+        Divide by the (weighted) mean distance to each class (eq. 4).
+    sample_weight : ndarray of shape (n_samples,), default=None
+
+    Returns
+    -------
+    head : ExitHead
+    proba : ndarray of shape (n_samples, n_classes)
+        The tuning samples' exit probabilities, computed as the head computes
+        them at inference.
+    """
+    scale = None
+    if normalize:
+        d64 = np.asarray(distances, dtype=np.float64)
+        w = sample_weight
+        scale = d64.mean(axis=0) if w is None else (w @ d64) / np.sum(w)
+        scale = np.where(scale > 0, scale, 1.0)
+    head = ExitHead(means, scale=scale)
+    return head, head.proba_from_distances(distances)
 
 
 def oas_shrinkage(cov, n_samples):

@@ -57,7 +57,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ._class_means import ExitHead
+from ._class_means import ExitHead, normalized_head
 from ._routing import forward_all
 from ._thresholds import (
     ExitTable,
@@ -1371,13 +1371,7 @@ n_init, random_state, device, verbose
         final_idx = np.concatenate(final_idx)
         heads, conf, pred = [], [], []
         for j, C in enumerate(centers):
-            d = np.concatenate(dist[j])
-            if self.normalize:
-                scale = d.astype(np.float64).mean(axis=0)
-                head = ExitHead(C, scale=np.where(scale > 0, scale, 1.0))
-            else:
-                head = raw[j]
-            P = head.proba_from_distances(d)
+            head, P = normalized_head(C, np.concatenate(dist[j]), self.normalize)
             heads.append(head)
             conf.append(P.max(axis=1))
             pred.append(P.argmax(axis=1))

@@ -20,7 +20,13 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ._class_means import ClassStatsAccumulator, ExitHead, softmax, whitened_head
+from ._class_means import (
+    ClassStatsAccumulator,
+    ExitHead,
+    normalized_head,
+    softmax,
+    whitened_head,
+)
 from ._memory import trim_heap
 from ._routing import forward_all, route
 from ._thresholds import (
@@ -972,11 +978,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
             if whitened:
                 P = softmax(values)
             else:
-                if self.normalize:
-                    d64 = values.astype(np.float64)
-                    scale = d64.mean(axis=0) if w is None else (w @ d64) / w.sum()
-                    heads[j] = ExitHead(means[j], scale=np.where(scale > 0, scale, 1.0))
-                P = heads[j].proba_from_distances(values)
+                heads[j], P = normalized_head(means[j], values, self.normalize, w)
             conf.append(P.max(axis=1))
             pred.append(P.argmax(axis=1))
         return heads, np.column_stack(conf), np.column_stack(pred), final_idx
