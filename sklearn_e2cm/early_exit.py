@@ -312,21 +312,32 @@ class _EarlyExitBase:
 
     def _staged(self, X):
         adapter = self._adapter
+        batch_size = getattr(self, "batch_size", None)
+
+        def source():
+            for Xb, _ in adapter.batches(X, None, batch_size):
+                vectors, fin = forward_all(adapter, Xb)
+                yield vectors, fin, None
+
+        with _activated(adapter):
+            return self._staged_from(source())
+
+    def _staged_from(self, batches):
+        """Per-stage predictions and probabilities of every row of ``batches``."""
+        adapter = self._adapter
         M = self.n_stages_
         preds = [[] for _ in range(M)]
         probas = [[] for _ in range(M)]
-        with _activated(adapter):
-            for Xb, _ in adapter.batches(X, None, getattr(self, "batch_size", None)):
-                vectors, fin = forward_all(adapter, Xb)
-                for j, F in enumerate(vectors):
-                    if F is None:
-                        idx, P = fin
-                        P = adapter.to_numpy(P)
-                    else:
-                        P = adapter.to_numpy(self._heads[j].proba(F))
-                        idx = P.argmax(axis=1)
-                    preds[j].append(np.asarray(idx))
-                    probas[j].append(np.asarray(P, dtype=np.float64))
+        for vectors, fin, _ in batches:
+            for j, F in enumerate(vectors):
+                if F is None or (j == M - 1 and fin is not None):
+                    idx, P = fin
+                    P = adapter.to_numpy(P)
+                else:
+                    P = adapter.to_numpy(self._heads[j].proba(F))
+                    idx = P.argmax(axis=1)
+                preds[j].append(np.asarray(idx))
+                probas[j].append(np.asarray(P, dtype=np.float64))
         return [np.concatenate(p) for p in preds], [np.concatenate(p) for p in probas]
 
     def exit_table(self, X, y=None, sample_weight=None):
@@ -354,6 +365,9 @@ class _EarlyExitBase:
         """
         X = self._validate_X(X)
         preds, probas = self._staged(X)
+        return self._table_from_staged(preds, probas, y, sample_weight)
+
+    def _table_from_staged(self, preds, probas, y, sample_weight):
         conf = np.column_stack([P.max(axis=1) for P in probas])
         pred = np.column_stack(preds)
         if y is None:
@@ -662,8 +676,32 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         self : object
         """
         adapter = self._make_adapter()
-        torch_backend = adapter.backend == "torch"
         rng = check_random_state(self.random_state)
+        X, y, sample_weight, streaming = self._validate_fit_input(adapter, X, y, sample_weight)
+
+        # ---- split off the calibration (tuning) part
+        fit_idx, tune_idx = self._calibration_split(y, rng, streaming)
+        X_fit, y_fit, w_fit = X, y, sample_weight
+        X_tune = y_tune = w_tune = None
+        if tune_idx is not None:
+            X_fit, y_fit = self._take(X, fit_idx), y[fit_idx]
+            X_tune, y_tune = self._take(X, tune_idx), y[tune_idx]
+            if sample_weight is not None:
+                w_fit, w_tune = sample_weight[fit_idx], sample_weight[tune_idx]
+
+        labels = _LabelIndex(None if streaming else np.unique(y))
+        self._fit_adapter(adapter, X_fit, y_fit, w_fit, labels, streaming)
+        fit_src = self._forward_source(adapter, X_fit, y_fit, "E2CM fit (class means)")
+        tune_src = None
+        if X_tune is not None:
+            tune_src = self._forward_source(adapter, X_tune, None, "E2CM fit (tuning pass)")
+        n_total = self._n_total(X_fit)
+        return self._fit_from_sources(adapter, labels, streaming, fit_src, w_fit, tune_src,
+                                      y_tune, w_tune, n_total, rng, cache_ok=True)
+
+    def _validate_fit_input(self, adapter, X, y, sample_weight):
+        """Checked ``(X, y, sample_weight, streaming)``; sets the input attributes."""
+        torch_backend = adapter.backend == "torch"
         streaming = False
         if torch_backend:
             X, y, streaming = self._check_torch_input(X, y, reset=True)
@@ -682,34 +720,31 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
                 sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
         elif sample_weight is not None:
             raise ValueError("sample_weight is not supported with a DataLoader input.")
+        return X, y, sample_weight, streaming
 
-        # ---- split off the calibration (tuning) part
-        X_fit, y_fit, w_fit = X, y, sample_weight
-        X_tune = y_tune = w_tune = None
-        if self.calibration is not None:
-            if streaming:
-                raise ValueError(
-                    "calibration= needs array input to hold data out; got a DataLoader. "
-                    "Hold out the tuning data yourself or use calibration=None."
-                )
-            idx = np.arange(len(y))
-            try:
-                fit_idx, tune_idx = train_test_split(
-                    idx, test_size=self.calibration, stratify=y,
-                    random_state=rng.randint(np.iinfo(np.int32).max),
-                )
-            except ValueError as exc:
-                raise ValueError(
-                    f"calibration={self.calibration!r} cannot hold out a stratified tuning set "
-                    f"from {len(y)} samples: {exc}"
-                ) from exc
-            X_fit, y_fit = self._take(X, fit_idx), y[fit_idx]
-            X_tune, y_tune = self._take(X, tune_idx), y[tune_idx]
-            if sample_weight is not None:
-                w_fit, w_tune = sample_weight[fit_idx], sample_weight[tune_idx]
+    def _calibration_split(self, y, rng, streaming):
+        """Row indices ``(fit, tune)`` of the calibration hold-out, or ``(None, None)``."""
+        if self.calibration is None:
+            return None, None
+        if streaming:
+            raise ValueError(
+                "calibration= needs array input to hold data out; got a DataLoader. "
+                "Hold out the tuning data yourself or use calibration=None."
+            )
+        idx = np.arange(len(y))
+        try:
+            return train_test_split(
+                idx, test_size=self.calibration, stratify=y,
+                random_state=rng.randint(np.iinfo(np.int32).max),
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"calibration={self.calibration!r} cannot hold out a stratified tuning set "
+                f"from {len(y)} samples: {exc}"
+            ) from exc
 
-        labels = _LabelIndex(None if streaming else np.unique(y))
-        if torch_backend:
+    def _fit_adapter(self, adapter, X_fit, y_fit, w_fit, labels, streaming):
+        if adapter.backend == "torch":
             adapter.fit(X_fit)
             if streaming:
                 self.input_shape_ = tuple(adapter.input_shape_)
@@ -719,6 +754,25 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         if not streaming:
             adapter.set_classes(np.asarray(labels.labels))
             self._warn_final_width(adapter, len(labels.labels))
+
+    def _forward_source(self, adapter, X, y, desc):
+        """Batches of stage vectors computed by running the stages on ``X``.
+
+        Returns ``source(n_run=None, final=True)``, a generator factory
+        yielding ``(vectors, final_outputs, y_batch)`` as :func:`forward_all`
+        computes them, batch after batch.
+        """
+        def source(n_run=None, final=True):
+            for Xb, yb in self._batches(adapter, X, y, desc):
+                vectors, fin = forward_all(adapter, Xb, n_run, final)
+                yield vectors, fin, yb
+                trim_heap()
+
+        return source
+
+    def _fit_from_sources(self, adapter, labels, streaming, fit_src, w_fit, tune_src, y_tune,
+                          w_tune, n_total, rng, cache_ok):
+        """Both passes of fit, reading stage vectors from sources (forward or cached)."""
         final_in_pass1 = adapter.final_is_classifier
         stage_flops = self._resolve_stage_costs(
             adapter.stage_flops_, getattr(adapter, "cost_errors_", {}))
@@ -729,10 +783,10 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         # ---- pass 1: class statistics (and cached stage vectors)
         self._fit_times = {}
         t0 = time.perf_counter()
-        same_tuning = X_tune is None
+        same_tuning = tune_src is None
         with _activated(adapter):
             stats, cache, final_fit, n_cached_from = self._pass_statistics(
-                adapter, X_fit, y_fit, w_fit, labels, same_tuning
+                adapter, fit_src, w_fit, labels, n_total, same_tuning and cache_ok
             )
         self._fit_times["class statistics pass"] = time.perf_counter() - t0
         classes, order = labels.sorted_order()
@@ -772,11 +826,11 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
             y_tune_idx, w_tune = final_fit["y_idx"], w_fit
             y_tune_idx = inverse[y_tune_idx]
             final_tune = final_fit["final"]
-            scores_src = (X_fit, cache, n_cached_from)
+            scores_src = (fit_src, cache, n_cached_from)
         else:
             y_tune_idx = inverse[labels(y_tune)]
             final_tune = None
-            scores_src = (X_tune, None, M)
+            scores_src = (tune_src, None, M)
         t0 = time.perf_counter()
         with _activated(adapter):
             heads, conf, pred, final_idx = self._pass_tuning(
@@ -792,6 +846,110 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         self.distance_scale_ = [h.scale for h in heads]
         self._finish_fit(adapter, heads, stage_flops, conf, correct, w_tune, rng)
         return self
+
+    # ------------------------------------------- one forward pass shared by many fits
+    def _share_stage_outputs(self, X, y, sample_weight=None, max_bytes=None):
+        """Run the stages once on every row of ``X`` for fits on subsets of its rows.
+
+        Used by :class:`~sklearn_e2cm.FlopBudgetSearchCV`: when the stages
+        are frozen (torch networks; scikit-learn stages that are all fitted,
+        e.g. ``FrozenEstimator``), a row's stage vectors do not depend on the
+        rows the class means are fitted on, so the folds and the refit all
+        read them from this one pass (:meth:`_fit_shared`,
+        :meth:`_exit_table_shared`) instead of running the stages again.
+
+        Sets this estimator's input attributes (it is the refit template).
+        Returns a :class:`_SharedStageOutputs`, or ``None`` (with the reason
+        in ``self._share_reason``) when the stages are not frozen, the
+        input is a DataLoader or the vectors need more than ``max_bytes``
+        (default: ``cache_size``).
+        """
+        adapter = self._make_adapter()
+        X, y, sample_weight, streaming = self._validate_fit_input(adapter, X, y, sample_weight)
+        if streaming:
+            self._share_reason = "the input is a DataLoader"
+            return None
+        if not adapter.frozen:
+            self._share_reason = "some stages are trained by fit (not fitted, not frozen)"
+            return None
+        labels = _LabelIndex(np.unique(y))
+        self._fit_adapter(adapter, X, y, sample_weight, labels, streaming)
+        budget = float(self.cache_size if max_bytes is None else max_bytes)
+        itemsize = 4 if adapter.backend == "torch" else 8
+        widths = [int(d) for d in np.asarray(adapter.vector_dims_)]
+        if adapter.final_is_classifier:
+            widths[-1] = len(labels.labels)
+        need = float(sum(widths)) * itemsize * len(y)
+        if need > budget:
+            self._share_reason = (
+                f"the stage vectors of all rows need {need / 2**20:.0f} MiB, above "
+                f"{budget / 2**20:.0f} MiB (cache_size)")
+            return None
+        vectors = [[] for _ in range(adapter.n_stages)]
+        finals = []
+        with _activated(adapter):
+            for vecs, fin, _ in self._forward_source(
+                    adapter, X, None, "E2CM stage outputs (shared)")():
+                if fin is not None:
+                    finals.append(fin)
+                    vecs[-1] = fin[1]
+                for j, F in enumerate(vecs):
+                    vectors[j].append(F)
+        cat = _concat_rows(adapter)
+        vectors = [cat(v) for v in vectors]
+        final = None
+        if finals:
+            final = (np.concatenate([np.asarray(f[0]) for f in finals]),
+                     cat([f[1] for f in finals]))
+        self._share_reason = None
+        shared = _SharedStageOutputs(adapter, vectors, final, np.asarray(labels.labels), y,
+                                     sample_weight)
+        for name in ("n_features_in_", "feature_names_in_", "input_shape_"):
+            if hasattr(self, name):
+                setattr(shared, name, getattr(self, name))
+        return shared
+
+    def _fit_shared(self, shared, rows):
+        """Fit on rows ``rows`` of a :meth:`_share_stage_outputs` pass: no stage runs.
+
+        Equivalent to ``fit(X[rows], y[rows], sample_weight[rows])`` (same
+        random draws, same batches), with the stage vectors read from
+        ``shared``. The rows' labels must cover the shared classes.
+        """
+        rows = np.asarray(rows)
+        y = shared.y[rows]
+        w = None if shared.sample_weight is None else shared.sample_weight[rows]
+        classes = np.unique(y)
+        if not np.array_equal(classes, shared.classes):
+            raise ValueError(
+                f"The rows hold classes {classes.tolist()[:20]}, not the shared pass's "
+                f"{shared.classes.tolist()[:20]}."
+            )
+        self._check_n_classes(classes)
+        rng = check_random_state(self.random_state)
+        fit_idx, tune_idx = self._calibration_split(y, rng, False)
+        fit_rows, y_fit, w_fit = rows, y, w
+        tune_src = y_tune = w_tune = None
+        if tune_idx is not None:
+            fit_rows, y_fit = rows[fit_idx], y[fit_idx]
+            y_tune = y[tune_idx]
+            if w is not None:
+                w_fit, w_tune = w[fit_idx], w[tune_idx]
+            tune_src = shared.source(rows[tune_idx], None, self.batch_size)
+        for name in ("n_features_in_", "feature_names_in_", "input_shape_"):
+            if hasattr(shared, name):
+                setattr(self, name, getattr(shared, name))
+        labels = _LabelIndex(classes)
+        fit_src = shared.source(fit_rows, y_fit, self.batch_size)
+        return self._fit_from_sources(shared.adapter, labels, False, fit_src, w_fit, tune_src,
+                                      y_tune, w_tune, len(fit_rows), rng, cache_ok=False)
+
+    def _exit_table_shared(self, shared, rows, y=None, sample_weight=None):
+        """:meth:`exit_table` of rows ``rows`` of a shared pass (no stage runs)."""
+        check_is_fitted(self)
+        preds, probas = self._staged_from(
+            shared.source(np.asarray(rows), None, self.batch_size)())
+        return self._table_from_staged(preds, probas, y, sample_weight)
 
     def _check_covariance_size(self, adapter):
         for j, D in enumerate(np.asarray(adapter.vector_dims_)):
@@ -870,7 +1028,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         prog = _progress(self.verbose, desc)
         return prog(it) if prog else it
 
-    def _pass_statistics(self, adapter, X, y, w, labels, cache_ok):
+    def _pass_statistics(self, adapter, source, w, labels, n_total, cache_ok):
         """Pass 1: stream batches, accumulate class sums, cache a suffix of stage vectors."""
         M = adapter.n_stages
         stats = [ClassStatsAccumulator(scatter=self.metric == "mahalanobis") for _ in range(M)]
@@ -880,22 +1038,21 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         budget = float(self.cache_size) if cache_ok else 0.0
         cached_from = M  # stages >= cached_from are cached (a suffix)
         used = 0.0
-        for Xb, yb in self._batches(adapter, X, y, "E2CM fit (class means)"):
-            n = adapter.n_rows(Xb)
+        for vectors, fin, yb in source():
             if yb is None:
                 raise ValueError("Training batches must carry labels: (x, y) pairs.")
+            n = len(yb)
             y_idx = labels(yb)
             wb = None if w is None else w[n_seen:n_seen + n]
-            vectors, fin = forward_all(adapter, Xb)
             if fin is not None:
                 final_idx, final_proba = fin
                 vectors[-1] = final_proba
                 final_all.append(np.asarray(final_idx))
             if n_seen == 0:  # decide which suffix of stages to cache from the first batch
                 per_row = [v.shape[1] * (4 if adapter.backend == "torch" else 8) for v in vectors]
-                n_total = self._n_total(X, n)
+                total = n if n_total is None else n_total
                 for j in range(M - 1, -1, -1):
-                    need = per_row[j] * n_total
+                    need = per_row[j] * total
                     if used + need > budget:
                         break
                     used += need
@@ -906,14 +1063,14 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
                     cache[j].append(F)
             y_all.append(y_idx)
             n_seen += n
-            trim_heap()
         if n_seen == 0:
             raise ValueError("X contains no samples.")
         final = np.concatenate(final_all) if final_all else None
         return stats, cache, {"y_idx": np.concatenate(y_all), "final": final}, cached_from
 
     @staticmethod
-    def _n_total(X, n_first):
+    def _n_total(X):
+        """Number of rows of an array or of a DataLoader's dataset (None if unknown)."""
         try:
             return len(X.dataset)
         except (AttributeError, TypeError):
@@ -921,7 +1078,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         try:
             return len(X)
         except TypeError:
-            return n_first
+            return None
 
     def _pass_tuning(self, adapter, means, stats, source, w, final_cached):
         """Pass 2 on the tuning data: heads (eq. 4 scales or whitening), exit arrays.
@@ -931,7 +1088,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         kept (n × K per stage) and turned into probabilities at the end.
         Whitened heads are complete after pass 1; their scores are kept.
         """
-        X, cache, cached_from = source
+        batches, cache, cached_from = source
         M = adapter.n_stages
         whitened = self.metric == "mahalanobis"
         if whitened:
@@ -954,14 +1111,12 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
 
         if cached_from > 0 or cache is None:
             n_run = M if cache is None else cached_from
-            for Xb, _ in self._batches(adapter, X, None, "E2CM fit (tuning pass)"):
-                vectors, fin = forward_all(adapter, Xb, n_run, final=n_run == M)
+            for vectors, fin, _ in batches(n_run, final=n_run == M):
                 if fin is not None:
                     final_all.append(np.asarray(fin[0]))
                     vectors[-1] = fin[1]
                 for j, F in enumerate(vectors):
                     add(j, F)
-                trim_heap()
         if cache is not None:
             for j in range(cached_from, M):
                 for F in cache[j]:
@@ -982,6 +1137,65 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
             conf.append(P.max(axis=1))
             pred.append(P.argmax(axis=1))
         return heads, np.column_stack(conf), np.column_stack(pred), final_idx
+
+class _SharedStageOutputs:
+    """Stage vectors of every row of a data set, computed in one forward pass.
+
+    ``vectors[j]`` holds stage ``j``'s vectors (backend arrays, rows in the
+    data's order); for a chain ending in a classifier the last entry holds
+    the base model's probabilities and ``final`` its ``(class_index,
+    proba)``. :meth:`source` serves any subset of rows as the batches
+    :func:`forward_all` would have produced.
+    """
+
+    def __init__(self, adapter, vectors, final, classes, y, sample_weight):
+        self.adapter = adapter
+        self.vectors = vectors
+        self.final = final
+        self.classes = classes
+        self.y = np.asarray(y)
+        self.sample_weight = sample_weight
+        self.n_samples = self.y.shape[0]
+
+    @property
+    def nbytes(self):
+        return int(sum(_nbytes(V) for V in self.vectors))
+
+    def source(self, rows, y, batch_size):
+        """Generator factory over ``rows`` in batches of ``batch_size`` (see ``_forward_source``)."""
+        rows = np.asarray(rows)
+        n = rows.shape[0]
+        bs = int(batch_size or n or 1)
+        adapter = self.adapter
+        M = adapter.n_stages
+
+        def source(n_run=None, final=True):
+            n_run_ = M if n_run is None else n_run
+            for start in range(0, n, bs):
+                r = rows[start:start + bs]
+                vecs = [adapter.take(V, r) for V in self.vectors[:n_run_]]
+                fin = None
+                if self.final is not None and n_run_ == M and final:
+                    fin = (self.final[0][r], vecs[-1])
+                elif self.final is not None and n_run_ == M:
+                    vecs[-1] = None
+                yield vecs, fin, (None if y is None else y[start:start + bs])
+
+        return source
+
+
+def _nbytes(a):
+    return a.element_size() * a.nelement() if hasattr(a, "element_size") else a.nbytes
+
+
+def _concat_rows(adapter):
+    """Row concatenation for the adapter's array type."""
+    if adapter.backend == "torch":
+        import torch
+
+        return lambda parts: torch.cat(parts, dim=0)
+    return lambda parts: np.concatenate(parts, axis=0)
+
 
 def _activated(adapter):
     """The adapter's inference context (eval mode, device, inference_mode) if it has one."""

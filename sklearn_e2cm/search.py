@@ -102,25 +102,33 @@ def _unwrap_scorer(scorer, name):
                     getattr(scorer, "_kwargs", {}))
 
 
-def _tuning_table(est, X, y, sample_weight, scoring):
+def _table_fn(est, shared):
+    """``table(data, y, w)``: ``est``'s exit table of ``data`` (X, or row indices of ``shared``)."""
+    if shared is None:
+        return lambda data, y, w: est.exit_table(data, y, sample_weight=w)
+    return lambda rows, y, w: est._exit_table_shared(shared, rows, y, w)
+
+
+def _tuning_table(est, X, y, sample_weight, scoring, shared=None):
     """The exit table the thresholds are tuned on, with the right correctness."""
+    table = _table_fn(est, shared)
     if scoring.kind == "accuracy":
-        table = getattr(est, "_tuning_table", None)
-        if table is not None and is_classifier(est):
-            return table  # what fit computed: the estimator's own tuning data
-        return est.exit_table(X, y, sample_weight=sample_weight)
+        tuned = getattr(est, "_tuning_table", None)
+        if tuned is not None and is_classifier(est):
+            return tuned  # what fit computed: the estimator's own tuning data
+        return table(X, y, sample_weight)
     if scoring.kind == "agreement":
-        return est.exit_table(X, None, sample_weight=sample_weight)
-    surrogate_y = y if is_classifier(est) else None
-    return est.exit_table(X, surrogate_y, sample_weight=sample_weight)
+        return table(X, None, sample_weight)
+    return table(X, y if is_classifier(est) else None, sample_weight)
 
 
-def _eval_table(est, X, y, sample_weight, scoring):
-    if scoring.kind == "accuracy":
-        return est.exit_table(X, y, sample_weight=sample_weight)
+def _eval_table(est, X, y, sample_weight, scoring, shared=None):
+    table = _table_fn(est, shared)
     if scoring.kind == "agreement":
-        return est.exit_table(X, None, sample_weight=sample_weight)
-    return est.exit_table(X, y if is_classifier(est) else None, sample_weight=sample_weight)
+        return table(X, None, sample_weight)
+    if scoring.kind == "accuracy" or is_classifier(est):
+        return table(X, y, sample_weight)
+    return table(X, None, sample_weight)
 
 
 def _metric_scores(table, T, y, scoring, sample_weight=None):
@@ -168,24 +176,35 @@ def _mixture_values(mixtures, values):
     return np.array([float(w @ values[v]) for v, w in mixtures])
 
 
-def _fold(estimator, X, y, w, train, test, targets, method, scoring, seed, return_train):
-    """Fit one fold, sweep every target on its tuning table, score on the held-out part."""
+def _fold(estimator, X, y, w, train, test, targets, method, scoring, seed, return_train,
+          shared=None):
+    """Fit one fold, sweep every target on its tuning table, score on the held-out part.
+
+    With ``shared`` (one forward pass over all rows, frozen stages) the fold
+    reads its stage vectors from it instead of running the stages.
+    """
     est = clone(estimator)
     _reset_operating_params(est)
-    X_tr, X_te = _safe_indexing(X, train), _safe_indexing(X, test)
+    if shared is None:
+        X_tr, X_te = _safe_indexing(X, train), _safe_indexing(X, test)
+    else:
+        X_tr, X_te = train, test  # row indices into the shared pass
     y_tr = None if y is None else _safe_indexing(y, train)
     y_te = None if y is None else _safe_indexing(y, test)
     w_tr = None if w is None else w[train]
     w_te = None if w is None else w[test]
     t0 = time.perf_counter()
-    _fit_estimator(est, X_tr, y_tr, w_tr)
-    tune = _tuning_table(est, X_tr, y_tr, w_tr, scoring)
+    if shared is None:
+        _fit_estimator(est, X_tr, y_tr, w_tr)
+    else:
+        est._fit_shared(shared, train)
+    tune = _tuning_table(est, X_tr, y_tr, w_tr, scoring, shared)
     tg, T, c, s = _scored_sweep(tune, targets, method, seed, scoring, y_tr, w_tr)
     hull = upper_hull(c, s)
     mixtures = _served(c[hull], targets)
     fit_time = time.perf_counter() - t0
     t0 = time.perf_counter()
-    held = _eval_table(est, X_te, y_te, w_te, scoring)
+    held = _eval_table(est, X_te, y_te, w_te, scoring, shared)
     M1 = held.n_stages - 1
     hc, hs = held.evaluate_many(T[hull])
     base_c, base_s = held.evaluate(np.ones(M1))
@@ -328,6 +347,18 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         depend on ``n_jobs``.
     return_train_score : bool, default=False
         Also report the cost and score of each target on the tuning data.
+    share_stage_outputs : "auto" or bool, default="auto"
+        With ``cv``, run the stages once on all the data and let every fold
+        and the refit read their stage vectors from that pass, instead of
+        one forward pass per fold. Valid when the stages are frozen (a torch
+        network, or scikit-learn stages that are all fitted, e.g. wrapped in
+        :class:`~sklearn.frozen.FrozenEstimator`), since a row's stage
+        outputs then do not depend on the fold. ``"auto"``: share when the
+        stages are frozen, every training fold holds every class and the
+        vectors fit in the estimator's ``cache_size`` (otherwise one pass
+        per fold, with a note in :attr:`share_reason_`). ``True``: share or
+        raise. ``False``: never. Results agree with unshared folds up to
+        floating-point rounding of batched products.
 
     Attributes
     ----------
@@ -368,6 +399,11 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         Mean cost and score of the base model (no early exit) on the
         held-out parts (tuning data for ``cv=None``).
     n_splits_ : int
+    shared_stage_outputs_ : bool
+        Whether the folds read their stage vectors from one shared forward pass.
+    share_reason_ : str or None
+        Why the forward pass was not shared (``None`` when it was, or with
+        ``cv=None``/``"prefit"``).
     refit_time_ : float
         Seconds to fit and tune :attr:`best_estimator_`.
     scorer_ : str
@@ -418,6 +454,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         "verbose": ["verbose"],
         "random_state": ["random_state"],
         "return_train_score": ["boolean"],
+        "share_stage_outputs": [StrOptions({"auto"}), "boolean"],
     }
 
     def __init__(
@@ -434,6 +471,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         verbose=0,
         random_state=None,
         return_train_score=False,
+        share_stage_outputs="auto",
     ):
         self.estimator = estimator
         self.flops_targets = flops_targets
@@ -446,6 +484,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self.verbose = verbose
         self.random_state = random_state
         self.return_train_score = return_train_score
+        self.share_stage_outputs = share_stage_outputs
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -493,6 +532,8 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self.multimetric_ = False
         self._scoring = scoring
         self._targets = targets
+        self.shared_stage_outputs_ = False
+        self.share_reason_ = None
         if self.cv is None or (isinstance(self.cv, str) and self.cv == "prefit"):
             self._fit_in_sample(X, y, w, targets, scoring, rng)
         else:
@@ -566,15 +607,20 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         splits = list(cv.split(X, y, groups))
         self.n_splits_ = len(splits)
         seeds = rng.randint(np.iinfo(np.int32).max, size=len(splits) + 1)
+        template, shared = self._shared_pass(X, y, w, splits)
         if self.verbose:
+            how = ("from one shared forward pass" if shared is not None
+                   else f"{len(splits)} fits in total")
             print(
                 f"Fitting {len(splits)} folds, each sweeping {len(targets)} FLOP targets "
-                f"(method={self.method!r}): {len(splits)} fits in total"
+                f"(method={self.method!r}): {how}"
             )
-        parallel = Parallel(n_jobs=self.n_jobs, return_as="generator")
+        # shared stage vectors are read by threads (no copy); otherwise processes
+        parallel = Parallel(n_jobs=self.n_jobs, return_as="generator",
+                            prefer="threads" if shared is not None else None)
         gen = parallel(
             delayed(_fold)(self.estimator, X, y, w, train, test, targets, self.method,
-                           scoring, int(seeds[k]), self.return_train_score)
+                           scoring, int(seeds[k]), self.return_train_score, shared)
             for k, (train, test) in enumerate(splits)
         )
         prog = self._progress(len(splits), "FlopBudgetSearchCV folds")
@@ -599,10 +645,16 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         )
         if self.refit:
             t0 = time.perf_counter()
-            est = clone(self.estimator)
-            _reset_operating_params(est)
-            _fit_estimator(est, X, y, w)
-            table = _tuning_table(est, X, y, w, scoring)
+            if shared is not None:
+                est = template
+                rows = np.arange(shared.n_samples)
+                est._fit_shared(shared, rows)
+                table = _tuning_table(est, rows, y, w, scoring, shared)
+            else:
+                est = clone(self.estimator)
+                _reset_operating_params(est)
+                _fit_estimator(est, X, y, w)
+                table = _tuning_table(est, X, y, w, scoring)
             sweep_out = _scored_sweep(table, targets, self.method, int(seeds[-1]), scoring, y, w)
             c, s = sweep_out[2], sweep_out[3]
             hull = upper_hull(c, s)
@@ -614,6 +666,40 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             self.best_estimator_ = est
             self.refit_time_ = time.perf_counter() - t0
         self.pareto_front_ = self._finish_front(front, scoring)
+
+    def _shared_pass(self, X, y, w, splits):
+        """``(template, shared)``: one forward pass for all folds, or ``(None, None)``."""
+        share = self.share_stage_outputs
+        hook = getattr(self.estimator, "_share_stage_outputs", None)
+        reason = None
+        if share is False:
+            reason = "share_stage_outputs=False"
+        elif hook is None:
+            reason = f"{type(self.estimator).__name__} cannot fit from shared stage outputs"
+        elif y is None:
+            reason = "no labels"
+        else:
+            y_arr = np.asarray(y)
+            classes = np.unique(y_arr)
+            short = [k for k, (train, _) in enumerate(splits)
+                     if np.unique(y_arr[train]).shape[0] != classes.shape[0]]
+            if short:
+                reason = f"training folds {short} miss some classes"
+        shared = template = None
+        if reason is None:
+            template = clone(self.estimator)
+            _reset_operating_params(template)
+            t0 = time.perf_counter()
+            shared = template._share_stage_outputs(X, y, w)
+            self.shared_pass_time_ = time.perf_counter() - t0
+            if shared is None:
+                reason = template._share_reason
+        if shared is None and share is True:
+            raise ValueError(f"share_stage_outputs=True but the forward pass cannot be "
+                             f"shared: {reason}.")
+        self.shared_stage_outputs_ = shared is not None
+        self.share_reason_ = reason
+        return template, shared
 
     @staticmethod
     def _front_rows(results):

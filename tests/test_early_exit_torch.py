@@ -215,3 +215,25 @@ def test_missing_class_in_labels_is_explicit(stages, data):
     with pytest.warns(UserWarning, match="10 scores.*9 classes"):
         clf = EarlyExitClassMeans(stages=stages).fit(Xtr[keep], ytr[keep])
     assert not clf._adapter.final_is_classifier
+
+
+def test_search_shares_one_forward_pass_over_the_network(stages, data):
+    from sklearn_e2cm import FlopBudgetSearchCV
+
+    Xtr, ytr, Xte, yte = data
+    est = EarlyExitClassMeans(stages=stages, batch_size=128, random_state=0)
+    shared = clone(est)._share_stage_outputs(Xtr, ytr)
+    assert shared is not None and isinstance(shared.vectors[0], torch.Tensor)
+    rows = np.arange(0, len(ytr), 2)
+    a = clone(est).set_params(flops_target=0.5)._fit_shared(shared, rows)
+    b = clone(est).set_params(flops_target=0.5).fit(Xtr[rows], ytr[rows])
+    for ca, cb in zip(a.class_means_, b.class_means_):
+        np.testing.assert_allclose(ca, cb, rtol=1e-5, atol=1e-6)
+    assert np.mean(a.predict(Xte) == b.predict(Xte)) > 0.99
+    s = FlopBudgetSearchCV(est, flops_targets=40, cv=3, budget=0.5, random_state=0).fit(Xtr, ytr)
+    u = FlopBudgetSearchCV(est, flops_targets=40, cv=3, budget=0.5, random_state=0,
+                           share_stage_outputs=False).fit(Xtr, ytr)
+    assert s.shared_stage_outputs_ and not u.shared_stage_outputs_
+    np.testing.assert_allclose(s.cv_results_["mean_test_score"],
+                               u.cv_results_["mean_test_score"], atol=0.01)
+    assert s.best_estimator_.score(Xte, yte) > 0.5

@@ -245,3 +245,93 @@ def test_sweep_hull_matches_estimator_own_search(data):
     theirs = est.tradeoff_[est.tradeoff_.on_hull]
     # both are hulls of 100 bisection targets on the same table (different random starts)
     assert abs(ours.accuracy.to_numpy()[hull].max() - theirs.accuracy.max()) < 0.01
+
+
+# ----------------------------------------------- one forward pass shared by the folds
+class _CountingScaler(StandardScaler):
+    """Counts the rows it transforms (fitted outside: a frozen stage)."""
+
+    rows = 0
+
+    def transform(self, X, copy=None):
+        type(self).rows += X.shape[0]
+        return super().transform(X, copy=copy)
+
+
+def _frozen_counting_net(Xtr, ytr):
+    net = make_pipeline(_CountingScaler(), PCA(24, random_state=0),
+                        Nystroem(n_components=150, random_state=0), RidgeClassifier())
+    return FrozenEstimator(net.fit(Xtr, ytr))
+
+
+def test_shared_forward_pass_runs_the_stages_once(data):
+    Xtr, Xte, ytr, yte, _ = data
+    net = _frozen_counting_net(Xtr, ytr)
+    _CountingScaler.rows = 0
+    costs = {0: 2.0 * Xtr.shape[1]}  # the counting scaler has no cost rule
+    s = FlopBudgetSearchCV(_est(net, stage_costs=costs), flops_targets=50, cv=3, budget=0.3,
+                           random_state=0).fit(Xtr, ytr)
+    assert s.shared_stage_outputs_ and s.share_reason_ is None
+    # one pass over the data (plus a probe of the widths): folds and refit run no stage
+    assert _CountingScaler.rows <= len(Xtr) + 2
+    _CountingScaler.rows = 0
+    u = FlopBudgetSearchCV(_est(net, stage_costs=costs), flops_targets=50, cv=3, budget=0.3,
+                           random_state=0,
+                           share_stage_outputs=False).fit(Xtr, ytr)
+    assert not u.shared_stage_outputs_ and u.share_reason_ == "share_stage_outputs=False"
+    assert _CountingScaler.rows >= 3 * len(Xtr)  # a fit and a held-out pass per fold, a refit
+    for key in ("mean_test_score", "mean_test_flops", "split0_test_score", "split2_test_flops"):
+        np.testing.assert_allclose(s.cv_results_[key], u.cv_results_[key], atol=1e-9)
+    assert s.best_params_ == u.best_params_
+    np.testing.assert_array_equal(s.predict(Xte), u.predict(Xte))
+    np.testing.assert_allclose(s.best_estimator_.mixture_thresholds_,
+                               u.best_estimator_.mixture_thresholds_, atol=1e-9)
+
+
+@pytest.mark.parametrize("kw", [{}, {"calibration": 0.3}, {"metric": "mahalanobis"}])
+def test_fit_shared_equals_fit_on_the_rows(data, kw):
+    Xtr, Xte, ytr, yte, net = data
+    est = _est(net, flops_target=0.4, **kw)
+    template = _est(net, **kw)
+    shared = template._share_stage_outputs(Xtr, ytr)
+    assert shared is not None
+    rows = np.random.default_rng(0).permutation(len(ytr))[:700]
+    a = _est(net, flops_target=0.4, **kw)._fit_shared(shared, rows)
+    b = est.fit(Xtr[rows], ytr[rows])
+    for ca, cb in zip(a.class_means_, b.class_means_):
+        np.testing.assert_allclose(ca, cb, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(a.mixture_thresholds_, b.mixture_thresholds_, atol=1e-9)
+    np.testing.assert_array_equal(a.predict(Xte), b.predict(Xte))
+    ta = a._exit_table_shared(shared, np.arange(50), ytr[:50])
+    tb = b.exit_table(Xtr[:50], ytr[:50])
+    np.testing.assert_allclose(ta.conf, tb.conf, atol=1e-10)
+    np.testing.assert_array_equal(ta.correct, tb.correct)
+
+
+def test_shared_pass_falls_back_or_raises(data):
+    Xtr, Xte, ytr, yte, _ = data
+    trained_by_fit = make_pipeline(StandardScaler(), PCA(16, random_state=0), RidgeClassifier())
+    s = FlopBudgetSearchCV(_est(trained_by_fit), flops_targets=20, cv=3,
+                           random_state=0).fit(Xtr, ytr)
+    assert not s.shared_stage_outputs_ and "trained by fit" in s.share_reason_
+    with pytest.raises(ValueError, match="cannot be shared: some stages are trained"):
+        FlopBudgetSearchCV(_est(trained_by_fit), flops_targets=20, cv=3,
+                           share_stage_outputs=True).fit(Xtr, ytr)
+    _, _, _, _, net = data
+    s = FlopBudgetSearchCV(_est(net, cache_size=1000), flops_targets=20, cv=3,
+                           random_state=0).fit(Xtr, ytr)
+    assert not s.shared_stage_outputs_ and "cache_size" in s.share_reason_
+    assert s.best_estimator_.score(Xte, yte) > 0.5
+    with pytest.raises(ValueError, match="share_stage_outputs"):
+        FlopBudgetSearchCV(_est(net), cv=3, share_stage_outputs="yes").fit(Xtr, ytr)
+
+
+def test_shared_pass_with_n_jobs_2(data):
+    Xtr, Xte, ytr, yte, net = data
+    a = FlopBudgetSearchCV(_est(net), flops_targets=30, cv=3, random_state=0, n_jobs=1)
+    b = FlopBudgetSearchCV(_est(net), flops_targets=30, cv=3, random_state=0, n_jobs=2)
+    a.fit(Xtr, ytr)
+    b.fit(Xtr, ytr)
+    assert a.shared_stage_outputs_ and b.shared_stage_outputs_
+    np.testing.assert_array_equal(a.cv_results_["mean_test_score"],
+                                  b.cv_results_["mean_test_score"])

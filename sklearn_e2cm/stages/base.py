@@ -77,6 +77,12 @@ class StageAdapter(ABC):
         """
         raise NotImplementedError
 
+    @property
+    def frozen(self):
+        """Whether :meth:`fit` trains nothing (a row's stage outputs do not depend on the
+        training data), so one forward pass can serve fits on any subset of rows."""
+        return False
+
     def take(self, Z, keep):
         """Rows of ``Z`` selected by the boolean numpy mask ``keep``."""
         return Z[keep]

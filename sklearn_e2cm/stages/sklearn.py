@@ -78,9 +78,24 @@ class SklearnStages(StageAdapter):
         last = self._steps[-1]
         return not isinstance(last, str) and last is not None and is_classifier(last)
 
+    @property
+    def frozen(self):
+        """True when every step is already fitted (or passthrough): fit trains nothing."""
+        return all(step is None or isinstance(step, str) or _is_fitted(step)
+                   for step in self._steps)
+
     def fit(self, X, y, sample_weight=None):
-        """Fit the unfitted steps in sequence (fitted ones are used as they are)."""
+        """Fit the unfitted steps in sequence (fitted ones are used as they are).
+
+        Only the steps before the last unfitted one need the transformed
+        training data; the output widths of the rest are read on a few rows.
+        """
         Z = X
+        unfitted = [j for j, step in enumerate(self._steps)
+                    if not (step is None or isinstance(step, str) or _is_fitted(step))]
+        last_unfitted = unfitted[-1] if unfitted else -1
+        if last_unfitted < 0:
+            Z = X[:2]
         self.cost_errors_ = {}
         fitted = []
         widths = []
@@ -107,6 +122,8 @@ class SklearnStages(StageAdapter):
             if j < self.n_stages - 1 or not self.final_is_classifier:
                 Z = self._transform(est, Z)
                 widths.append(Z.shape[1])
+                if j + 1 > last_unfitted and Z.shape[0] > 2:
+                    Z = Z[:2]  # no later step is trained: widths only
             else:
                 widths.append(0)
         self.fitted_steps_ = fitted

@@ -946,6 +946,11 @@ class TorchStages(StageAdapter):
         idx = logits.argmax(dim=1).cpu().numpy().astype(np.intp)
         return idx, proba
 
+    @property
+    def frozen(self):
+        """Always True: the network is never trained, only measured."""
+        return True
+
     def take(self, Z, keep):
         """Rows of ``Z`` selected by the numpy mask (or index array) ``keep``."""
         keep = np.asarray(keep)
