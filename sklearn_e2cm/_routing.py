@@ -14,7 +14,7 @@ import numpy as np
 from ._memory import trim_heap
 from ._thresholds import assign_rows, row_uniforms
 
-__all__ = ["RoutingResult", "route", "forward_all"]
+__all__ = ["RoutingResult", "route", "forward_all", "iter_stages"]
 
 
 @dataclass
@@ -173,8 +173,34 @@ def _store(buf, rows, values, n):
     return buf
 
 
+def iter_stages(adapter, Zb, n_stages=None, final=True):
+    """Run stages ``0 .. n_stages-1`` on every row of a batch, one stage at a time.
+
+    Yields ``(j, F, final_idx)`` per stage: ``F`` is stage ``j``'s vector
+    (backend array) and ``final_idx`` is None, except for the last stage of
+    a chain ending in a classifier, where ``F`` is the base model's class
+    probabilities and ``final_idx`` its predicted class indices
+    (``adapter.final_outputs``), or both are None when ``final`` is False.
+    Only the running activation is kept between stages: a consumer that
+    drops ``F`` after use holds one stage's output at a time.
+    """
+    M = adapter.n_stages
+    n_run = M if n_stages is None else n_stages
+    Z = Zb
+    for j in range(n_run):
+        if j == M - 1 and adapter.final_is_classifier:
+            if final:
+                idx, P = adapter.final_outputs(Z)
+                yield j, P, np.asarray(idx)
+            else:
+                yield j, None, None
+            return
+        Z = adapter.run_stage(j, Z)
+        yield j, adapter.stage_vector(j, Z), None
+
+
 def forward_all(adapter, Zb, n_stages=None, final=True):
-    """Run stages ``0 .. n_stages-1`` on every row of a batch.
+    """Run stages ``0 .. n_stages-1`` on every row of a batch (all outputs at once).
 
     Returns
     -------
@@ -185,17 +211,10 @@ def forward_all(adapter, Zb, n_stages=None, final=True):
         ``adapter.final_outputs`` of the last stage's input when the chain
         ends in a classifier, all stages run and ``final`` is True.
     """
-    M = adapter.n_stages
-    n_run = M if n_stages is None else n_stages
-    vectors = []
-    fin = None
-    Z = Zb
-    for j in range(n_run):
-        if j == M - 1 and adapter.final_is_classifier:
-            vectors.append(None)
-            if final:
-                fin = adapter.final_outputs(Z)
-            break
-        Z = adapter.run_stage(j, Z)
-        vectors.append(adapter.stage_vector(j, Z))
+    vectors, fin = [], None
+    for _, F, idx in iter_stages(adapter, Zb, n_stages, final):
+        if idx is not None:
+            fin = (idx, F)
+            F = None
+        vectors.append(F)
     return vectors, fin

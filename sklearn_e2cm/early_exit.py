@@ -28,7 +28,7 @@ from ._class_means import (
     whitened_head,
 )
 from ._memory import trim_heap
-from ._routing import forward_all, route
+from ._routing import iter_stages, route
 from ._thresholds import (
     ExitTable,
     bisection_search,
@@ -40,6 +40,13 @@ from ._thresholds import (
 from .stages.sklearn import SklearnStages
 
 __all__ = ["EarlyExitClassMeans"]
+
+#: Batches between two heap trims in the fit passes. Trimming returns freed
+#: activation memory to the system, but the next batch must then fault its
+#: pages in again (measured: trimming after every batch made a pass ~1.6x
+#: slower than the plain forward); every 16 batches keeps the resident size
+#: flat at a negligible cost.
+_TRIM_EVERY = int(__import__("os").environ.get("SKLEARN_E2CM_TRIM_EVERY", 16))
 
 
 def _is_torch_module(obj):
@@ -316,8 +323,7 @@ class _EarlyExitBase:
 
         def source():
             for Xb, _ in adapter.batches(X, None, batch_size):
-                vectors, fin = forward_all(adapter, Xb)
-                yield vectors, fin, None
+                yield iter_stages(adapter, Xb), None, adapter.n_rows(Xb)
 
         with _activated(adapter):
             return self._staged_from(source())
@@ -328,11 +334,10 @@ class _EarlyExitBase:
         M = self.n_stages_
         preds = [[] for _ in range(M)]
         probas = [[] for _ in range(M)]
-        for vectors, fin, _ in batches:
-            for j, F in enumerate(vectors):
-                if F is None or (j == M - 1 and fin is not None):
-                    idx, P = fin
-                    P = adapter.to_numpy(P)
+        for items, _, _ in batches:
+            for j, F, idx in items:
+                if idx is not None:  # the base model's own output
+                    P = adapter.to_numpy(F)
                 else:
                     P = adapter.to_numpy(self._heads[j].proba(F))
                     idx = P.argmax(axis=1)
@@ -759,14 +764,15 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         """Batches of stage vectors computed by running the stages on ``X``.
 
         Returns ``source(n_run=None, final=True)``, a generator factory
-        yielding ``(vectors, final_outputs, y_batch)`` as :func:`forward_all`
-        computes them, batch after batch.
+        yielding ``(stage_items, y_batch, n_rows)`` batch after batch, where
+        ``stage_items`` yields ``(j, F, final_idx)`` stage after stage as
+        :func:`iter_stages` computes them (one stage output alive at a time).
         """
         def source(n_run=None, final=True):
-            for Xb, yb in self._batches(adapter, X, y, desc):
-                vectors, fin = forward_all(adapter, Xb, n_run, final)
-                yield vectors, fin, yb
-                trim_heap()
+            for b, (Xb, yb) in enumerate(self._batches(adapter, X, y, desc)):
+                yield iter_stages(adapter, Xb, n_run, final), yb, adapter.n_rows(Xb)
+                if (b + 1) % _TRIM_EVERY == 0:
+                    trim_heap()
 
         return source
 
@@ -888,19 +894,15 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         vectors = [[] for _ in range(adapter.n_stages)]
         finals = []
         with _activated(adapter):
-            for vecs, fin, _ in self._forward_source(
+            for items, _, _ in self._forward_source(
                     adapter, X, None, "E2CM stage outputs (shared)")():
-                if fin is not None:
-                    finals.append(fin)
-                    vecs[-1] = fin[1]
-                for j, F in enumerate(vecs):
+                for j, F, idx in items:
                     vectors[j].append(F)
+                    if idx is not None:
+                        finals.append(idx)
         cat = _concat_rows(adapter)
         vectors = [cat(v) for v in vectors]
-        final = None
-        if finals:
-            final = (np.concatenate([np.asarray(f[0]) for f in finals]),
-                     cat([f[1] for f in finals]))
+        final = np.concatenate(finals) if finals else None
         self._share_reason = None
         shared = _SharedStageOutputs(adapter, vectors, final, np.asarray(labels.labels), y,
                                      sample_weight)
@@ -1038,18 +1040,17 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         budget = float(self.cache_size) if cache_ok else 0.0
         cached_from = M  # stages >= cached_from are cached (a suffix)
         used = 0.0
-        for vectors, fin, yb in source():
+        for items, yb, n in source():
             if yb is None:
                 raise ValueError("Training batches must carry labels: (x, y) pairs.")
-            n = len(yb)
             y_idx = labels(yb)
             wb = None if w is None else w[n_seen:n_seen + n]
-            if fin is not None:
-                final_idx, final_proba = fin
-                vectors[-1] = final_proba
-                final_all.append(np.asarray(final_idx))
             if n_seen == 0:  # decide which suffix of stages to cache from the first batch
-                per_row = [v.shape[1] * (4 if adapter.backend == "torch" else 8) for v in vectors]
+                widths = [int(d) for d in np.asarray(adapter.vector_dims_)]
+                if adapter.final_is_classifier:
+                    widths[-1] = int(getattr(adapter, "n_outputs_", None)
+                                     or len(labels.labels))
+                per_row = [d * (4 if adapter.backend == "torch" else 8) for d in widths]
                 total = n if n_total is None else n_total
                 for j in range(M - 1, -1, -1):
                     need = per_row[j] * total
@@ -1057,10 +1058,13 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
                         break
                     used += need
                     cached_from = j
-            for j, F in enumerate(vectors):
+            for j, F, idx in items:  # one stage output alive at a time
+                if idx is not None:
+                    final_all.append(idx)
                 stats[j].update(F, y_idx, wb)  # NaN/inf activations surface in the means
                 if j >= cached_from:
                     cache[j].append(F)
+                del F
             y_all.append(y_idx)
             n_seen += n
         if n_seen == 0:
@@ -1111,12 +1115,12 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
 
         if cached_from > 0 or cache is None:
             n_run = M if cache is None else cached_from
-            for vectors, fin, _ in batches(n_run, final=n_run == M):
-                if fin is not None:
-                    final_all.append(np.asarray(fin[0]))
-                    vectors[-1] = fin[1]
-                for j, F in enumerate(vectors):
+            for items, _, _ in batches(n_run, final=n_run == M):
+                for j, F, idx in items:
+                    if idx is not None:
+                        final_all.append(idx)
                     add(j, F)
+                    del F
         if cache is not None:
             for j in range(cached_from, M):
                 for F in cache[j]:
@@ -1143,9 +1147,9 @@ class _SharedStageOutputs:
 
     ``vectors[j]`` holds stage ``j``'s vectors (backend arrays, rows in the
     data's order); for a chain ending in a classifier the last entry holds
-    the base model's probabilities and ``final`` its ``(class_index,
-    proba)``. :meth:`source` serves any subset of rows as the batches
-    :func:`forward_all` would have produced.
+    the base model's probabilities and ``final`` its class indices.
+    :meth:`source` serves any subset of rows as the batches a forward pass
+    over those rows would have produced.
     """
 
     def __init__(self, adapter, vectors, final, classes, y, sample_weight):
@@ -1169,17 +1173,22 @@ class _SharedStageOutputs:
         adapter = self.adapter
         M = adapter.n_stages
 
+        def items(r, n_run, final):
+            for j in range(n_run):
+                if self.final is not None and j == M - 1:
+                    if final:
+                        yield j, adapter.take(self.vectors[j], r), self.final[r]
+                    else:
+                        yield j, None, None
+                else:
+                    yield j, adapter.take(self.vectors[j], r), None
+
         def source(n_run=None, final=True):
-            n_run_ = M if n_run is None else n_run
+            n_run = M if n_run is None else n_run
             for start in range(0, n, bs):
                 r = rows[start:start + bs]
-                vecs = [adapter.take(V, r) for V in self.vectors[:n_run_]]
-                fin = None
-                if self.final is not None and n_run_ == M and final:
-                    fin = (self.final[0][r], vecs[-1])
-                elif self.final is not None and n_run_ == M:
-                    vecs[-1] = None
-                yield vecs, fin, (None if y is None else y[start:start + bs])
+                yield (items(r, n_run, final), None if y is None else y[start:start + bs],
+                       r.shape[0])
 
         return source
 
