@@ -1063,12 +1063,15 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
                     final_all.append(idx)
                 stats[j].update(F, y_idx, wb)  # NaN/inf activations surface in the means
                 if j >= cached_from:
-                    cache[j].append(F)
+                    _cache_rows(cache, j, F, n_seen, total)
                 del F
             y_all.append(y_idx)
             n_seen += n
         if n_seen == 0:
             raise ValueError("X contains no samples.")
+        for j in range(cached_from, M):
+            if isinstance(cache[j], _RowBuffer):
+                cache[j] = [cache[j].rows(n_seen)]
         final = np.concatenate(final_all) if final_all else None
         return stats, cache, {"y_idx": np.concatenate(y_all), "final": final}, cached_from
 
@@ -1191,6 +1194,46 @@ class _SharedStageOutputs:
                        r.shape[0])
 
         return source
+
+
+class _RowBuffer:
+    """Rows of a stage's vectors written into one buffer allocated up front.
+
+    One allocation per cached stage instead of one per batch: long-lived
+    per-batch chunks between the transient activation buffers fragment the
+    heap, and the resident size of a fit then grows by a varying amount.
+    """
+
+    def __init__(self, like, n_rows):
+        shape = (n_rows, like.shape[1])
+        if _is_torch_array(like):
+            import torch
+
+            self.data = torch.empty(shape, dtype=like.dtype, device=like.device)
+        else:
+            self.data = np.empty(shape, dtype=like.dtype)
+        self.n_rows = n_rows
+
+    def rows(self, n):
+        return self.data[:n]
+
+
+def _is_torch_array(a):
+    return type(a).__module__.split(".")[0] == "torch"
+
+
+def _cache_rows(cache, j, F, start, total):
+    """Store batch ``F`` (rows ``start:``) of stage ``j`` in the pass-1 cache."""
+    n = F.shape[0]
+    entry = cache[j]
+    if isinstance(entry, list) and not entry and start == 0:
+        entry = cache[j] = _RowBuffer(F, total)
+    if isinstance(entry, _RowBuffer):
+        if start + n <= entry.n_rows:
+            entry.data[start:start + n] = F
+            return
+        entry = cache[j] = [entry.rows(start)]  # more rows than announced: chunks from here
+    entry.append(F)
 
 
 def _nbytes(a):
