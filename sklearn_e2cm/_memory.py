@@ -1,20 +1,25 @@
 """Keep the resident memory of long streaming passes flat.
 
 Streaming a network over many batches allocates and frees large activation
-buffers between small long-lived arrays; with glibc's allocator the freed
-space at the top of the heap is then often not returned to the system and the
-resident size of a fit grows by tens of MB per batch. ``trim_heap`` asks
+buffers between small long-lived arrays; with glibc's allocator (and torch's
+worker threads) the freed space is then often not returned to the system and
+the resident size of a fit grows by tens of MB per batch. ``trim_heap`` asks
 glibc to give free heap pages back (``malloc_trim``); elsewhere it does
-nothing.
+nothing. Trimming has a price: the next batch faults its pages in again
+(trimming after every batch made a fit pass up to 1.5x slower than the plain
+forward), so :class:`HeapGuard` trims only when the resident size has grown
+by more than a slack since the last trim.
 """
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
-__all__ = ["trim_heap"]
+__all__ = ["trim_heap", "HeapGuard"]
 
 _TRIM = None
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _load():
@@ -37,3 +42,44 @@ def trim_heap():
     trim = _load()
     if trim:
         trim(0)
+
+
+def resident_bytes():
+    """Resident set size of this process in bytes, or None where /proc is missing."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class HeapGuard:
+    """Trim the heap when the resident size grew by more than ``slack`` bytes.
+
+    Call :meth:`step` after each batch. Memory the caller keeps on purpose
+    (a cache that fills up) raises the floor: after each trim the new
+    resident size is the reference. Without /proc (not Linux), trims every
+    ``fallback_every`` batches.
+    """
+
+    def __init__(self, slack=256 * 2**20, fallback_every=16):
+        self.slack = slack
+        self.fallback_every = fallback_every
+        self.ref = None
+        self.n = 0
+        self.trims = 0
+
+    def step(self):
+        self.n += 1
+        rss = resident_bytes()
+        if rss is None:
+            if self.n % self.fallback_every == 0:
+                trim_heap()
+                self.trims += 1
+            return
+        if self.ref is None:
+            self.ref = rss
+        elif rss > self.ref + self.slack:
+            trim_heap()
+            self.trims += 1
+            self.ref = resident_bytes() or rss

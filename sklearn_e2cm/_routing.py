@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._memory import trim_heap
+from ._memory import HeapGuard
 from ._thresholds import assign_rows, row_uniforms
 
 __all__ = ["RoutingResult", "route", "forward_all", "iter_stages"]
@@ -110,9 +110,9 @@ def route(
     batches = adapter.batches(X, None, batch_size)
     if progress is not None:
         batches = progress(batches)
-    for b, (Xb, _) in enumerate(batches):
-        if b and b % 16 == 0:
-            trim_heap()  # keep resident memory flat over long streams
+    guard = HeapGuard()  # keep resident memory flat over long streams
+    for Xb, _ in batches:
+        guard.step()
         n = adapter.n_rows(Xb)
         comp = np.zeros(n, dtype=np.intp)
         if V > 1:

@@ -27,7 +27,7 @@ from ._class_means import (
     softmax,
     whitened_head,
 )
-from ._memory import trim_heap
+from ._memory import HeapGuard
 from ._routing import iter_stages, route
 from ._thresholds import (
     ExitTable,
@@ -40,13 +40,6 @@ from ._thresholds import (
 from .stages.sklearn import SklearnStages
 
 __all__ = ["EarlyExitClassMeans"]
-
-#: Batches between two heap trims in the fit passes. Trimming returns freed
-#: activation memory to the system, but the next batch must then fault its
-#: pages in again (measured: trimming after every batch made a pass ~1.6x
-#: slower than the plain forward); every 16 batches keeps the resident size
-#: flat at a negligible cost.
-_TRIM_EVERY = int(__import__("os").environ.get("SKLEARN_E2CM_TRIM_EVERY", 16))
 
 
 def _is_torch_module(obj):
@@ -769,10 +762,10 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         :func:`iter_stages` computes them (one stage output alive at a time).
         """
         def source(n_run=None, final=True):
-            for b, (Xb, yb) in enumerate(self._batches(adapter, X, y, desc)):
+            guard = HeapGuard()
+            for Xb, yb in self._batches(adapter, X, y, desc):
                 yield iter_stages(adapter, Xb, n_run, final), yb, adapter.n_rows(Xb)
-                if (b + 1) % _TRIM_EVERY == 0:
-                    trim_heap()
+                guard.step()
 
         return source
 
