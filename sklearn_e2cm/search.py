@@ -609,8 +609,9 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         seeds = rng.randint(np.iinfo(np.int32).max, size=len(splits) + 1)
         template, shared = self._shared_pass(X, y, w, splits)
         if self.verbose:
-            how = ("from one shared forward pass" if shared is not None
-                   else f"{len(splits)} fits in total")
+            how = (f"from one shared forward pass ({shared.nbytes / 2**20:.0f} MiB of stage "
+                   "vectors)" if shared is not None
+                   else f"{len(splits)} fits in total ({self.share_reason_})")
             print(
                 f"Fitting {len(splits)} folds, each sweeping {len(targets)} FLOP targets "
                 f"(method={self.method!r}): {how}"

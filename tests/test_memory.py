@@ -1,0 +1,40 @@
+"""Heap trimming policy of the streaming passes."""
+
+import sklearn_e2cm._memory as mem
+
+
+def test_heap_guard_trims_only_after_growth(monkeypatch):
+    rss = iter([100, 150, 400, 120, 130, 390, 300, 600, 250])
+    trims = []
+    monkeypatch.setattr(mem, "resident_bytes", lambda: next(rss))
+    monkeypatch.setattr(mem, "trim_heap", lambda: trims.append(1))
+    g = mem.HeapGuard(slack=200)
+    g.step()  # reference 100
+    g.step()  # 150: within the slack
+    assert not trims
+    g.step()  # 400 > 100 + 200: trim, new reference read after the trim (120)
+    assert len(trims) == 1 and g.ref == 120
+    g.step()  # 130
+    g.step()  # 390 > 120 + 200 -> trim; the reference becomes 300 (memory kept on purpose)
+    assert len(trims) == 2 and g.ref == 300
+    g.step()  # 600 > 500 -> trim, reference 250
+    assert g.trims == 3 and g.ref == 250
+
+
+def test_heap_guard_without_proc_trims_periodically(monkeypatch):
+    trims = []
+    monkeypatch.setattr(mem, "resident_bytes", lambda: None)
+    monkeypatch.setattr(mem, "trim_heap", lambda: trims.append(1))
+    g = mem.HeapGuard(fallback_every=4)
+    for _ in range(10):
+        g.step()
+    assert len(trims) == 2
+
+
+def test_resident_bytes_is_positive_on_linux():
+    import sys
+
+    r = mem.resident_bytes()
+    if sys.platform.startswith("linux"):
+        assert r is not None and r > 0
+    mem.trim_heap()  # never fails
