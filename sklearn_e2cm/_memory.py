@@ -58,8 +58,11 @@ class HeapGuard:
 
     Call :meth:`step` after each batch. Memory the caller keeps on purpose
     (a cache that fills up) raises the floor: after each trim the new
-    resident size is the reference. Without /proc (not Linux), trims every
-    ``fallback_every`` batches.
+    resident size is the reference. With ``slack=None``, or without /proc
+    (not Linux), it trims every ``fallback_every`` batches instead: routed
+    inference uses that, since its compacted batches of varying sizes would
+    otherwise trigger frequent trims, and it keeps no cache that must fit a
+    memory budget.
     """
 
     def __init__(self, slack=256 * 2**20, fallback_every=16):
@@ -71,7 +74,7 @@ class HeapGuard:
 
     def step(self):
         self.n += 1
-        rss = resident_bytes()
+        rss = None if self.slack is None else resident_bytes()
         if rss is None:
             if self.n % self.fallback_every == 0:
                 trim_heap()

@@ -110,7 +110,7 @@ def route(
     batches = adapter.batches(X, None, batch_size)
     if progress is not None:
         batches = progress(batches)
-    guard = HeapGuard()  # keep resident memory flat over long streams
+    guard = HeapGuard(slack=None)  # keep resident memory flat over long streams
     for Xb, _ in batches:
         guard.step()
         n = adapter.n_rows(Xb)

@@ -690,6 +690,8 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         if reason is None:
             template = clone(self.estimator)
             _reset_operating_params(template)
+            if hasattr(template, "_validate_params"):
+                template._validate_params()  # what its fit would check first
             t0 = time.perf_counter()
             shared = template._share_stage_outputs(X, y, w)
             self.shared_pass_time_ = time.perf_counter() - t0

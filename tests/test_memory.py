@@ -38,3 +38,13 @@ def test_resident_bytes_is_positive_on_linux():
     if sys.platform.startswith("linux"):
         assert r is not None and r > 0
     mem.trim_heap()  # never fails
+
+
+def test_heap_guard_periodic_mode_reads_no_rss(monkeypatch):
+    trims = []
+    monkeypatch.setattr(mem, "resident_bytes", lambda: 1 / 0)  # must not be called
+    monkeypatch.setattr(mem, "trim_heap", lambda: trims.append(1))
+    g = mem.HeapGuard(slack=None, fallback_every=16)
+    for _ in range(33):
+        g.step()
+    assert len(trims) == 2

@@ -335,3 +335,9 @@ def test_shared_pass_with_n_jobs_2(data):
     assert a.shared_stage_outputs_ and b.shared_stage_outputs_
     np.testing.assert_array_equal(a.cv_results_["mean_test_score"],
                                   b.cv_results_["mean_test_score"])
+
+
+def test_shared_pass_validates_the_estimator_parameters(data):
+    Xtr, Xte, ytr, yte, net = data
+    with pytest.raises(ValueError, match="metric"):
+        FlopBudgetSearchCV(_est(net, metric="cosine"), flops_targets=10, cv=3).fit(Xtr, ytr)
