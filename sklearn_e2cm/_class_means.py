@@ -14,6 +14,8 @@ array types share, and dispatch the few that differ through :func:`_xp`.
   :class:`ExitHead` computes.
 """
 
+import warnings
+
 import numpy as np
 
 __all__ = [
@@ -231,11 +233,14 @@ class ClassStatsAccumulator:
                 Fc = Fx - torch.as_tensor(self.shift, dtype=Fx.dtype, device=F.device)
             else:  # plain sums need no shift (and no copy of the activations)
                 Fc = F
-            onehot = torch.zeros((K, n), dtype=Fc.dtype, device=F.device)
             wt = None if w is None else torch.as_tensor(w, dtype=Fc.dtype, device=F.device)
-            onehot[torch.as_tensor(y_idx, device=F.device), torch.arange(n, device=F.device)] = (
-                1.0 if wt is None else wt)
-            self.sums += (onehot @ Fc).double().cpu().numpy()
+            if F.device.type == "cpu" and not self.scatter:
+                self.sums += _class_sums_csr(Fc, y_idx, wt, K).double().numpy()
+            else:
+                onehot = torch.zeros((K, n), dtype=Fc.dtype, device=F.device)
+                onehot[torch.as_tensor(y_idx, device=F.device),
+                       torch.arange(n, device=F.device)] = (1.0 if wt is None else wt)
+                self.sums += (onehot @ Fc).double().cpu().numpy()
             if self.scatter:
                 Fw = Fc if wt is None else Fc * wt[:, None]
                 self.second += (Fc.T @ Fw).cpu().numpy()
@@ -272,6 +277,27 @@ class ClassStatsAccumulator:
         between = (means * self.weights[:, None]).T @ means
         cov = (self.second - between) / self.weights.sum()
         return (cov + cov.T) / 2.0
+
+
+def _class_sums_csr(F, y_idx, w, K):
+    """Per-class (weighted) row sums of a CPU tensor as a sparse (K, n) × dense product.
+
+    The class-membership matrix in CSR form makes the product one read of
+    ``F`` (row additions), about twice as fast on CPU as the dense one-hot
+    product, which packs ``F`` for a GEMM with only K output rows.
+    """
+    import torch
+
+    n = F.shape[0]
+    y = torch.as_tensor(y_idx, dtype=torch.long)
+    order = torch.argsort(y, stable=True)
+    crow = torch.zeros(K + 1, dtype=torch.long)
+    crow[1:] = torch.bincount(y, minlength=K).cumsum(0)
+    values = torch.ones(n, dtype=F.dtype) if w is None else w[order]
+    with warnings.catch_warnings():  # CSR support is flagged beta; the product is plain
+        warnings.simplefilter("ignore", UserWarning)
+        member = torch.sparse_csr_tensor(crow, order, values, size=(K, n))
+        return torch.sparse.mm(member, F)
 
 
 def normalized_head(means, distances, normalize=True, sample_weight=None):

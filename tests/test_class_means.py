@@ -116,3 +116,24 @@ def test_exit_head_memory_and_flops_follow_metric():
     assert head.nbytes(4) == (3 * 8 + 3) * 4
     assert head.flops() == head_flops(8, 3, "mahalanobis")
     assert ExitHead(C).flops() == head_flops(8, 3, "euclidean", normalize=False)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_class_sums_match_a_loop_over_rows(weighted, dtype):
+    torch = pytest.importorskip("torch")
+    from sklearn_e2cm._class_means import _class_sums_csr
+
+    rng = np.random.default_rng(0)
+    n, D, K = 37, 9, 5
+    F = torch.as_tensor(rng.normal(size=(D, n)), dtype=getattr(torch, dtype)).T  # non-contiguous
+    y = rng.integers(0, K - 1, n)  # the last class gets no row
+    w = torch.as_tensor(rng.random(n), dtype=F.dtype) if weighted else None
+    got = _class_sums_csr(F, y, w, K).numpy()
+    ref = np.zeros((K, D))
+    for i in range(n):  # brute force
+        ref[y[i]] += F[i].numpy() * (1.0 if w is None else float(w[i]))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    acc = ClassStatsAccumulator()
+    acc.update(F, y, None if w is None else w.numpy())
+    np.testing.assert_allclose(acc.sums[:K - 1], ref[:K - 1], rtol=1e-5, atol=1e-5)
