@@ -470,7 +470,10 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         Torch device for torch stages.
     cache_size : float, default=1.5e9
         Bytes of stage vectors kept in memory while fitting so that the
-        tuning pass does not run those stages again.
+        tuning pass does not run those stages again (the last stages first:
+        they hold the fewest values per FLOP). Also the most that
+        :class:`~sklearn_e2cm.FlopBudgetSearchCV` may hold to run frozen
+        stages once for all its folds.
     random_state : int, RandomState instance or None, default=None
         Seeds the threshold initialisation and the time-sharing assignment.
     verbose : int, default=0
