@@ -773,8 +773,13 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         return source
 
     def _fit_from_sources(self, adapter, labels, streaming, fit_src, w_fit, tune_src, y_tune,
-                          w_tune, n_total, rng, cache_ok):
-        """Both passes of fit, reading stage vectors from sources (forward or cached)."""
+                          w_tune, n_total, rng, cache_ok, context=None):
+        """Both passes of fit, reading stage vectors from sources (forward or cached).
+
+        ``context``: a factory of the context the passes run in; by default the
+        adapter's inference context (eval mode, device, inference_mode).
+        """
+        context = context or (lambda: _activated(adapter))
         final_in_pass1 = adapter.final_is_classifier
         stage_flops = self._resolve_stage_costs(
             adapter.stage_flops_, getattr(adapter, "cost_errors_", {}))
@@ -786,7 +791,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         self._fit_times = {}
         t0 = time.perf_counter()
         same_tuning = tune_src is None
-        with _activated(adapter):
+        with context():
             stats, cache, final_fit, n_cached_from = self._pass_statistics(
                 adapter, fit_src, w_fit, labels, n_total, same_tuning and cache_ok
             )
@@ -834,7 +839,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
             final_tune = None
             scores_src = (tune_src, None, M)
         t0 = time.perf_counter()
-        with _activated(adapter):
+        with context():
             heads, conf, pred, final_idx = self._pass_tuning(
                 adapter, means, stats, scores_src, w_tune, final_tune
             )
@@ -940,13 +945,15 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         labels = _LabelIndex(classes)
         fit_src = shared.source(fit_rows, y_fit, self.batch_size)
         return self._fit_from_sources(shared.adapter, labels, False, fit_src, w_fit, tune_src,
-                                      y_tune, w_tune, len(fit_rows), rng, cache_ok=False)
+                                      y_tune, w_tune, len(fit_rows), rng, cache_ok=False,
+                                      context=shared.context)
 
     def _exit_table_shared(self, shared, rows, y=None, sample_weight=None):
         """:meth:`exit_table` of rows ``rows`` of a shared pass (no stage runs)."""
         check_is_fitted(self)
-        preds, probas = self._staged_from(
-            shared.source(np.asarray(rows), None, self.batch_size)())
+        with shared.context():
+            preds, probas = self._staged_from(
+                shared.source(np.asarray(rows), None, self.batch_size)())
         return self._table_from_staged(preds, probas, y, sample_weight)
 
     def _check_covariance_size(self, adapter):
@@ -1163,6 +1170,16 @@ class _SharedStageOutputs:
     @property
     def nbytes(self):
         return int(sum(_nbytes(V) for V in self.vectors))
+
+    def context(self):
+        """Context for computing on the cached vectors: no stage runs, so the network's
+        modes and devices are left alone (folds may run in threads); torch work runs under
+        ``inference_mode`` (thread-local)."""
+        if self.adapter.backend == "torch":
+            import torch
+
+            return torch.inference_mode()
+        return contextlib.nullcontext()
 
     def source(self, rows, y, batch_size):
         """Generator factory over ``rows`` in batches of ``batch_size`` (see ``_forward_source``)."""

@@ -237,3 +237,25 @@ def test_search_shares_one_forward_pass_over_the_network(stages, data):
     np.testing.assert_allclose(s.cv_results_["mean_test_score"],
                                u.cv_results_["mean_test_score"], atol=0.01)
     assert s.best_estimator_.score(Xte, yte) > 0.5
+
+
+def test_shared_search_in_threads_leaves_the_network_mode_alone(net, data):
+    from sklearn_e2cm import FlopBudgetSearchCV
+
+    Xtr, ytr, Xte, yte = data
+    stages = split_into_stages(net)
+    was_training = net.training
+    stages.train()
+    try:
+        est = EarlyExitClassMeans(stages=stages, batch_size=128, random_state=0)
+        s1 = FlopBudgetSearchCV(est, flops_targets=20, cv=3, random_state=0,
+                                n_jobs=1).fit(Xtr, ytr)
+        s2 = FlopBudgetSearchCV(est, flops_targets=20, cv=3, random_state=0,
+                                n_jobs=2).fit(Xtr, ytr)
+        assert s1.shared_stage_outputs_ and s2.shared_stage_outputs_
+        np.testing.assert_array_equal(s1.cv_results_["mean_test_score"],
+                                      s2.cv_results_["mean_test_score"])
+        assert all(m.training for m in stages.modules())  # the user's mode is kept
+        assert all(m.training for m in s2.best_estimator_.stages.modules())
+    finally:
+        net.train(was_training)
