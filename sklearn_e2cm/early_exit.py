@@ -23,6 +23,7 @@ from sklearn.utils.validation import (
 from ._class_means import (
     ClassStatsAccumulator,
     ExitHead,
+    _is_torch,
     normalized_head,
     softmax,
     whitened_head,
@@ -855,7 +856,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         return self
 
     # ------------------------------------------- one forward pass shared by many fits
-    def _share_stage_outputs(self, X, y, sample_weight=None, max_bytes=None):
+    def _share_stage_outputs(self, X, y, sample_weight=None):
         """Run the stages once on every row of ``X`` for fits on subsets of its rows.
 
         Used by :class:`~sklearn_e2cm.FlopBudgetSearchCV`: when the stages
@@ -868,8 +869,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         Sets this estimator's input attributes (it is the refit template).
         Returns a :class:`_SharedStageOutputs`, or ``None`` (with the reason
         in ``self._share_reason``) when the stages are not frozen, the
-        input is a DataLoader or the vectors need more than ``max_bytes``
-        (default: ``cache_size``).
+        input is a DataLoader or the vectors need more than ``cache_size``.
         """
         adapter = self._make_adapter()
         X, y, sample_weight, streaming = self._validate_fit_input(adapter, X, y, sample_weight)
@@ -881,35 +881,30 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
             return None
         labels = _LabelIndex(np.unique(y))
         self._fit_adapter(adapter, X, y, sample_weight, labels, streaming)
-        budget = float(self.cache_size if max_bytes is None else max_bytes)
-        itemsize = 4 if adapter.backend == "torch" else 8
-        widths = [int(d) for d in np.asarray(adapter.vector_dims_)]
-        if adapter.final_is_classifier:
-            widths[-1] = len(labels.labels)
-        need = float(sum(widths)) * itemsize * len(y)
-        if need > budget:
+        n = len(y)
+        need = float(sum(_row_bytes(adapter, len(labels.labels)))) * n
+        if need > float(self.cache_size):
             self._share_reason = (
                 f"the stage vectors of all rows need {need / 2**20:.0f} MiB, above "
-                f"{budget / 2**20:.0f} MiB (cache_size)")
+                f"{float(self.cache_size) / 2**20:.0f} MiB (cache_size)")
             return None
-        vectors = [[] for _ in range(adapter.n_stages)]
+        vectors = [[] for _ in range(adapter.n_stages)]  # one preallocated buffer per stage
         finals = []
+        n_seen = 0
         with _activated(adapter):
-            for items, _, _ in self._forward_source(
+            for items, _, nb in self._forward_source(
                     adapter, X, None, "E2CM stage outputs (shared)")():
                 for j, F, idx in items:
-                    vectors[j].append(F)
+                    _cache_rows(vectors, j, F, n_seen, n)
                     if idx is not None:
                         finals.append(idx)
-        cat = _concat_rows(adapter)
-        vectors = [cat(v) for v in vectors]
+                n_seen += nb
+        vectors = [_all_rows(v, n_seen) for v in vectors]
         final = np.concatenate(finals) if finals else None
         self._share_reason = None
         shared = _SharedStageOutputs(adapter, vectors, final, np.asarray(labels.labels), y,
                                      sample_weight)
-        for name in ("n_features_in_", "feature_names_in_", "input_shape_"):
-            if hasattr(self, name):
-                setattr(shared, name, getattr(self, name))
+        _copy_input_attrs(self, shared)
         return shared
 
     def _fit_shared(self, shared, rows):
@@ -939,9 +934,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
             if w is not None:
                 w_fit, w_tune = w[fit_idx], w[tune_idx]
             tune_src = shared.source(rows[tune_idx], None, self.batch_size)
-        for name in ("n_features_in_", "feature_names_in_", "input_shape_"):
-            if hasattr(shared, name):
-                setattr(self, name, getattr(shared, name))
+        _copy_input_attrs(shared, self)
         labels = _LabelIndex(classes)
         fit_src = shared.source(fit_rows, y_fit, self.batch_size)
         return self._fit_from_sources(shared.adapter, labels, False, fit_src, w_fit, tune_src,
@@ -1049,11 +1042,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
             y_idx = labels(yb)
             wb = None if w is None else w[n_seen:n_seen + n]
             if n_seen == 0:  # decide which suffix of stages to cache from the first batch
-                widths = [int(d) for d in np.asarray(adapter.vector_dims_)]
-                if adapter.final_is_classifier:
-                    widths[-1] = int(getattr(adapter, "n_outputs_", None)
-                                     or len(labels.labels))
-                per_row = [d * (4 if adapter.backend == "torch" else 8) for d in widths]
+                per_row = _row_bytes(adapter, len(labels.labels))
                 total = n if n_total is None else n_total
                 for j in range(M - 1, -1, -1):
                     need = per_row[j] * total
@@ -1073,8 +1062,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         if n_seen == 0:
             raise ValueError("X contains no samples.")
         for j in range(cached_from, M):
-            if isinstance(cache[j], _RowBuffer):
-                cache[j] = [cache[j].rows(n_seen)]
+            cache[j] = [_all_rows(cache[j], n_seen)]
         final = np.concatenate(final_all) if final_all else None
         return stats, cache, {"y_idx": np.concatenate(y_all), "final": final}, cached_from
 
@@ -1219,7 +1207,7 @@ class _RowBuffer:
 
     def __init__(self, like, n_rows):
         shape = (n_rows, like.shape[1])
-        if _is_torch_array(like):
+        if _is_torch(like):
             import torch
 
             self.data = torch.empty(shape, dtype=like.dtype, device=like.device)
@@ -1229,10 +1217,6 @@ class _RowBuffer:
 
     def rows(self, n):
         return self.data[:n]
-
-
-def _is_torch_array(a):
-    return type(a).__module__.split(".")[0] == "torch"
 
 
 def _cache_rows(cache, j, F, start, total):
@@ -1253,13 +1237,37 @@ def _nbytes(a):
     return a.element_size() * a.nelement() if hasattr(a, "element_size") else a.nbytes
 
 
-def _concat_rows(adapter):
-    """Row concatenation for the adapter's array type."""
-    if adapter.backend == "torch":
+def _all_rows(entry, n):
+    """The first ``n`` rows stored by :func:`_cache_rows` as one array."""
+    if isinstance(entry, _RowBuffer):
+        return entry.rows(n)
+    if len(entry) == 1:
+        return entry[0]
+    if _is_torch(entry[0]):
         import torch
 
-        return lambda parts: torch.cat(parts, dim=0)
-    return lambda parts: np.concatenate(parts, axis=0)
+        return torch.cat(entry, dim=0)
+    return np.concatenate(entry, axis=0)
+
+
+def _row_bytes(adapter, n_classes):
+    """Bytes per row of every stage's vector (the base model's probabilities last for a
+    chain ending in a classifier)."""
+    widths = [int(d) for d in np.asarray(adapter.vector_dims_)]
+    if adapter.final_is_classifier:
+        widths[-1] = int(getattr(adapter, "n_outputs_", None) or n_classes)
+    itemsize = 4 if adapter.backend == "torch" else 8
+    return [d * itemsize for d in widths]
+
+
+#: Input attributes a fit sets (copied between a shared pass and the fits it serves).
+_INPUT_ATTRS = ("n_features_in_", "feature_names_in_", "input_shape_")
+
+
+def _copy_input_attrs(src, dst):
+    for name in _INPUT_ATTRS:
+        if hasattr(src, name):
+            setattr(dst, name, getattr(src, name))
 
 
 def _activated(adapter):

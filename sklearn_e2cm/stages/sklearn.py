@@ -22,6 +22,11 @@ def _is_fitted(est):
         return False
 
 
+def _trained_by_fit(step):
+    """Whether fit trains this step (an estimator that is not fitted yet)."""
+    return not (step is None or isinstance(step, str) or _is_fitted(step))
+
+
 def normalize_sklearn_stages(stages):
     """``(names, steps)`` from ``None``, a list of estimators or a Pipeline."""
     if stages is None:
@@ -81,8 +86,7 @@ class SklearnStages(StageAdapter):
     @property
     def frozen(self):
         """True when every step is already fitted (or passthrough): fit trains nothing."""
-        return all(step is None or isinstance(step, str) or _is_fitted(step)
-                   for step in self._steps)
+        return not any(_trained_by_fit(step) for step in self._steps)
 
     def fit(self, X, y, sample_weight=None):
         """Fit the unfitted steps in sequence (fitted ones are used as they are).
@@ -91,11 +95,8 @@ class SklearnStages(StageAdapter):
         training data; the output widths of the rest are read on a few rows.
         """
         Z = X
-        unfitted = [j for j, step in enumerate(self._steps)
-                    if not (step is None or isinstance(step, str) or _is_fitted(step))]
+        unfitted = [j for j, step in enumerate(self._steps) if _trained_by_fit(step)]
         last_unfitted = unfitted[-1] if unfitted else -1
-        if last_unfitted < 0:
-            Z = X[:2]
         self.cost_errors_ = {}
         fitted = []
         widths = []
@@ -105,7 +106,7 @@ class SklearnStages(StageAdapter):
             d_in = Z.shape[1]
             if step is None or isinstance(step, str):
                 est = "passthrough"
-            elif _is_fitted(step):
+            elif not _trained_by_fit(step):
                 est = step
             else:
                 est = clone(step)
@@ -120,10 +121,10 @@ class SklearnStages(StageAdapter):
                 flops.append(np.nan)
                 self.cost_errors_[j] = exc
             if j < self.n_stages - 1 or not self.final_is_classifier:
+                if j >= last_unfitted:
+                    Z = Z[:2]  # no later step is trained: its output width is all we need
                 Z = self._transform(est, Z)
                 widths.append(Z.shape[1])
-                if j + 1 > last_unfitted and Z.shape[0] > 2:
-                    Z = Z[:2]  # no later step is trained: widths only
             else:
                 widths.append(0)
         self.fitted_steps_ = fitted
