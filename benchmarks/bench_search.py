@@ -316,6 +316,11 @@ def bench_search(fashion):
         s = fits[int(np.argmin(walls))]
         r = s.best_estimator_.route(Xt)
         i25 = int(np.argmin(np.abs(s.cv_results_["param_flops_target"] - 0.25)))
+        # the rows at GridSearchCV's 20 targets: the same fits, seeds and routing
+        tg = np.asarray(s.cv_results_["param_flops_target"], dtype=float)
+        at = [int(np.argmin(np.abs(tg - t))) for t in grid]
+        gap_acc = s.cv_results_["mean_test_score"][at] - gs.cv_results_["mean_test_accuracy"]
+        gap_flops = s.cv_results_["mean_test_flops"][at] - gs.cv_results_["mean_test_flops"]
         res[key] = {
             "method": method, "shared_forward_pass": bool(s.shared_stage_outputs_),
             "shared_pass_s": getattr(s, "shared_pass_time_", None),
@@ -328,6 +333,8 @@ def bench_search(fashion):
             "cv_acc_within_025": s.best_score_, "cv_flops": s.best_flops_,
             "cv_acc_target_025": float(s.cv_results_["mean_test_score"][i25]),
             "cv_flops_target_025": float(s.cv_results_["mean_test_flops"][i25]),
+            "max_abs_gap_to_grid_rows": {"accuracy": float(np.abs(gap_acc).max()),
+                                         "flops": float(np.abs(gap_flops).max())},
             "test_acc": float(np.mean(r.y_pred == yt)), "test_flops": float(r.flops.mean()),
         }
         print(f"FlopBudgetSearchCV({key}) 1000 targets x 3 folds: {t_s:.1f} s "
@@ -474,11 +481,20 @@ def report(speed, opt, srch):
               f"accuracy {gn['test_acc']:.4f} at {gn['test_flops']:.3f} FLOPs."]
     else:
         L += ["", f"GridSearchCV's candidate {g['selected_target']} met the budget held out "
-              f"({g['cv_flops']:.3f}), so selecting by its nominal target gives the same choice. "
-              f"The two searches then serve the same operating point up to the random starts of "
-              f"the bisection (both tune 1000 targets with it on each fold): the test gap of "
-              f"{d['test_acc'] - g['test_acc']:+.4f} ({(d['test_acc'] - g['test_acc']) * srch['data']['n_test']:+.0f} "
-              f"test images) comes with {d['test_flops'] - g['test_flops']:+.3f} test FLOPs."]
+              f"({g['cv_flops']:.3f}), so selecting by its nominal target gives the same "
+              "choice."]
+    gap = d["max_abs_gap_to_grid_rows"]
+    L += ["", "Why FlopBudgetSearchCV cannot be less accurate in cross-validation: each of its "
+          "folds builds the hull exactly as the estimator's own fit does (its 1000-target grid, "
+          "and a bisection start that is a hash of the estimator's seed and the target, so a "
+          "target's point does not depend on the other targets), and routes the held-out rows "
+          "as the fitted estimator does (time sharing by a hash of each row). Its rows at "
+          "GridSearchCV's 20 targets are therefore GridSearchCV's own numbers -- measured "
+          f"here: largest difference {gap['accuracy']:.1e} in accuracy and {gap['flops']:.1e} "
+          "in FLOPs over the 20 targets -- and selecting from 1000 targets that include those "
+          "20 can only give an equal or higher cross-validated accuracy within the budget. "
+          "The test accuracy of the two refits can still differ either way by the noise of "
+          "choosing a different target on 15k images."]
     per_cand = g["mean_fit_time_s"] + g["mean_score_time_s"]
     L += ["", f"FlopBudgetSearchCV's row for the nominal target 0.25 (the candidate "
           f"GridSearchCV scores): CV acc {d['cv_acc_target_025']:.4f} at a held-out cost of "

@@ -43,6 +43,10 @@ __all__ = [
     "time_sharing",
     "row_uniforms",
     "assign_rows",
+    "random_starts",
+    "seed_of",
+    "mixture_exits",
+    "evaluate_mixtures",
 ]
 
 #: Threshold search methods accepted by :func:`sweep`.
@@ -456,10 +460,59 @@ def _suffix_at(qc, q, d, csuf, mm, order=None, starts=None):
     return float(csuf[a + 2] + part)
 
 
-def _as_generator(random_state):
+def _mix64(h):
+    """splitmix64 finaliser on a uint64 array (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> np.uint64(30))) * _MIX[1]
+        h = (h ^ (h >> np.uint64(27))) * _MIX[2]
+        return h ^ (h >> np.uint64(31))
+
+
+def seed_of(random_state):
+    """One integer seed from an int, a Generator, a RandomState or None.
+
+    An int is returned unchanged, so ``sweep(..., random_state=s)`` and
+    ``bisection_search(..., random_state=s)`` start from the same thresholds
+    for the same target. ``None`` draws fresh entropy.
+    """
+    if random_state is None:
+        return int(np.random.SeedSequence().entropy % (2**63))
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        return int(random_state)
     if isinstance(random_state, np.random.Generator):
-        return random_state
-    return np.random.default_rng(random_state)
+        return int(random_state.integers(2**63 - 1))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(np.iinfo(np.int32).max))
+    raise ValueError(
+        f"random_state must be an int, a numpy Generator or RandomState, or None; "
+        f"got {random_state!r}."
+    )
+
+
+def random_starts(seed, targets, n_thresholds):
+    """Initial grid indices in ``[0, GRID]`` of the bisection, per target.
+
+    Each start is a hash of ``(seed, target, stage)``: uniform over the grid,
+    and the start for a target does not depend on the other targets of a
+    sweep. A sweep's result at a target therefore equals the single-target
+    search at that target with the same seed (what ``fit`` does with
+    ``threshold_search="bisect"``), and a search over more targets contains
+    every operating point of a search over fewer. Targets are keyed to
+    1e-9, so ``0.25`` and ``linspace(0, 1, 1001)[250]`` share a start.
+
+    Returns
+    -------
+    ndarray of int64, shape (len(targets), n_thresholds)
+    """
+    targets = np.atleast_1d(np.asarray(targets, dtype=np.float64))
+    key = np.round(targets * 1e9).astype(np.int64).view(np.uint64)
+    s = _mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) ^ _MIX[2])
+    j = np.arange(1, n_thresholds + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = _mix64(s ^ (key * _MIX[0]))
+        h = _mix64(h[:, None] ^ (j[None, :] * _MIX[1]))
+    u = (h >> np.uint64(11)).astype(np.float64) / float(2**53)
+    return np.minimum(np.floor(u * (GRID + 1)), GRID).astype(np.int64)
 
 
 def bisection_search(table, target, random_state=None, tol=5e-4, max_rounds=20, init=None,
@@ -481,7 +534,9 @@ def bisection_search(table, target, random_state=None, tol=5e-4, max_rounds=20, 
     ----------
     table : ExitTable
     target : float
-    random_state : int, Generator or None
+    random_state : int, Generator, RandomState or None
+        Seed of the random start (:func:`random_starts`): with an int seed,
+        the start depends only on the seed and ``target``.
     tol : float
         Stop once the expected cost is this close to ``target``.
     max_rounds : int
@@ -503,10 +558,9 @@ def bisection_search(table, target, random_state=None, tol=5e-4, max_rounds=20, 
     if M == 1:
         out = (np.zeros(0), True)
         return out + table.evaluate(np.zeros(0)) if return_cost_score else out
-    rng = _as_generator(random_state)
     M1 = M - 1
     if init is None:
-        m = rng.integers(0, GRID, size=M1, endpoint=True).astype(np.int64)
+        m = random_starts(seed_of(random_state), [target], M1)[0]
     else:
         m = np.round(np.asarray(init, dtype=np.float64) * GRID).astype(np.int64)
     if target <= table.min_cost() + tol:
@@ -821,8 +875,10 @@ def sweep(table, targets, method="bisect", random_state=None, tol=5e-4, progress
         (:func:`coordinate_path`); each target gets the best path point
         whose cost does not exceed it (the cheapest point below the
         cheapest one). Both read only the cached table.
-    random_state : int, Generator or None
-        Random starts of ``"bisect"``.
+    random_state : int, Generator, RandomState or None
+        Seed of the random starts of ``"bisect"``; each target's start is a
+        hash of the seed and the target (:func:`random_starts`), so the point
+        swept for a target does not depend on the other targets.
     tol : float
         Cost tolerance of ``"bisect"``.
     progress : callable, default=None
@@ -871,14 +927,14 @@ def sweep(table, targets, method="bisect", random_state=None, tol=5e-4, progress
     bad = set(method_params) - {"max_rounds"}
     if bad:
         raise TypeError(f"Unexpected parameters for method='bisect': {sorted(bad)}.")
-    rng = _as_generator(random_state)
+    seed = seed_of(random_state)
     T = np.empty((P, M1))
     costs = np.empty(P)
     scores = np.empty(P)
     it = range(P) if progress is None else progress(range(P))
     for p in it:
         T[p], _, costs[p], scores[p] = bisection_search(
-            table, targets[p], rng, tol=tol, return_cost_score=True, **method_params)
+            table, targets[p], seed, tol=tol, return_cost_score=True, **method_params)
     return T, costs, scores
 
 
@@ -988,6 +1044,116 @@ def assign_rows(u, weights):
     cw = np.cumsum(np.asarray(weights, dtype=np.float64))
     cw[-1] = 1.0
     return np.minimum(np.searchsorted(cw, u, side="right"), len(cw) - 1)
+
+
+def mixture_exits(table, T, vertices, weights, u, cache=None):
+    """Exit stage and cost of every sample of ``table`` under a time-sharing mixture.
+
+    Each sample is sent to one threshold vector ``T[vertices[c]]`` exactly as
+    the router does (:func:`assign_rows` of its uniform ``u`` and
+    ``weights``), so the result is the realised routing, not its expectation.
+
+    Parameters
+    ----------
+    table : ExitTable
+    T : ndarray of shape (V, M - 1)
+    vertices : ndarray of int
+        Rows of ``T`` in the mixture.
+    weights : ndarray
+        Their mixing probabilities.
+    u : ndarray of shape (N,)
+        One uniform per sample (e.g. :func:`row_uniforms` of the rows).
+    cache : dict, default=None
+        Per-vertex exits and costs, reused across calls on the same table.
+
+    Returns
+    -------
+    exits : ndarray of int, shape (N,)
+    cost : ndarray of float, shape (N,)
+    """
+    cache = {} if cache is None else cache
+
+    def vertex(v):
+        v = int(v)
+        if v not in cache:
+            e = table.exit_stages(T[v])
+            cache[v] = (e, table.costs(T[v])[e])
+        return cache[v]
+
+    vertices = np.asarray(vertices)
+    if vertices.shape[0] == 1:
+        return vertex(vertices[0])
+    comp = assign_rows(u, weights)
+    exits = np.empty(table.n_samples, dtype=np.intp)
+    cost = np.empty(table.n_samples, dtype=np.float64)
+    for c, v in enumerate(vertices):
+        sel = comp == c
+        e, cv = vertex(v)
+        exits[sel] = e[sel]
+        cost[sel] = cv[sel]
+    return exits, cost
+
+
+def evaluate_mixtures(table, T, mixtures, u=None):
+    """Cost and score of each time-sharing mixture over the rows of ``T``.
+
+    ``mixtures`` is a list of ``(vertices, weights)``. Without ``u`` the values
+    are expectations (the weights times each vertex's cost and score); with
+    one uniform per sample they are the realised values of the routing that
+    sends each sample to one vertex (:func:`mixture_exits`), which is what an
+    estimator serving that mixture scores on these samples.
+
+    A two-vertex mixture ``(a, b)`` with weights ``(w, 1 - w)`` sends the
+    samples with ``u < w`` to ``a``: sorting the samples by ``u`` once turns
+    every such mixture into a prefix sum over one pair of vertices, so a
+    thousand targets cost one pass per pair of vertices, not per target.
+
+    Returns
+    -------
+    costs, scores : ndarray of shape (len(mixtures),)
+    """
+    P = len(mixtures)
+    if u is None:
+        vc, vs = table.evaluate_many(T) if len(T) else (np.zeros(0), np.zeros(0))
+        return (np.array([float(w @ vc[v]) for v, w in mixtures]),
+                np.array([float(w @ vs[v]) for v, w in mixtures]))
+    n = table.n_samples
+    order = np.argsort(u, kind="stable")
+    u_sorted = np.asarray(u)[order]
+    share = (np.full(n, 1.0 / n) if table.weights is None else table.weights)[order]
+    correct = table.correct[order]
+    rows = np.arange(n)
+    cache = {}
+
+    def vertex(v):  # per-sample weighted cost and score terms, in u order
+        if v not in cache:
+            e = table.exit_stages(T[v])[order]
+            cache[v] = (share * table.costs(T[v])[e], share * correct[rows, e])
+        return cache[v]
+
+    costs = np.empty(P)
+    scores = np.empty(P)
+    groups = {}
+    for p, (v, w) in enumerate(mixtures):
+        groups.setdefault(tuple(int(i) for i in v), []).append(p)
+    for verts, ps in groups.items():  # loop over vertex pairs; samples are vectorised
+        if len(verts) == 1:
+            c, s = vertex(verts[0])
+            costs[ps], scores[ps] = c.sum(), s.sum()
+            continue
+        if len(verts) > 2:  # not produced by time_sharing; realise each one directly
+            for p in ps:
+                e, cost = mixture_exits(table, T, *mixtures[p], u)
+                costs[p] = table._mean(cost)
+                scores[p] = table._mean(table.correct[rows, e].astype(np.float64))
+            continue
+        (ca, sa), (cb, sb) = vertex(verts[0]), vertex(verts[1])
+        first = np.array([mixtures[p][1][0] for p in ps], dtype=np.float64)
+        k = np.searchsorted(u_sorted, first, side="left")  # samples sent to the first vertex
+        for val, a, b in ((costs, ca, cb), (scores, sa, sb)):
+            head = np.concatenate([[0.0], np.cumsum(a - b)])
+            val[ps] = b.sum() + head[k]
+    return costs, scores
 
 
 def warn_unreachable(target, reachable, what="flops_target"):

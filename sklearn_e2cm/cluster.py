@@ -64,7 +64,6 @@ from ._thresholds import (
     assign_rows,
     cumulative_cost,
     exit_stages,
-    row_uniforms,
     sweep,
     time_sharing,
     upper_hull,
@@ -1416,8 +1415,7 @@ n_init, random_state, device, verbose
         else:
             M1 = self.n_stages_ - 1
             targets = np.linspace(0, 1, self.n_targets + 1)[1:]
-            T, costs, scores = sweep(table, targets,
-                                     random_state=check_random_state(self.random_state))
+            T, costs, scores = sweep(table, targets, random_state=self._sweep_seed)
             T = np.vstack([T, np.zeros(M1), np.ones(M1)])
             extra_c, extra_s = table.evaluate_many(T[-2:])
             costs, scores = np.append(costs, extra_c), np.append(scores, extra_s)
@@ -1577,7 +1575,7 @@ n_init, random_state, device, verbose
         if targets.size == 0 or np.any(~np.isfinite(targets)) or np.any(targets <= 0):
             raise ValueError(f"targets must be finite FLOP targets > 0; got {targets!r}.")
         N, M = pred.shape
-        u = row_uniforms(np.asarray(X, dtype=np.float32), self._routing_seed)
+        u = self._time_sharing_uniforms(X)
         rows = np.arange(N)
         final = pred[:, -1]
         out = []

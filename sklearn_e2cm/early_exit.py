@@ -33,6 +33,7 @@ from ._routing import iter_stages, route
 from ._thresholds import (
     ExitTable,
     bisection_search,
+    row_uniforms,
     sweep,
     time_sharing,
     upper_hull,
@@ -132,10 +133,14 @@ class _EarlyExitBase:
         self._tuning_table = table
         if not hasattr(self, "_fit_times"):
             self._fit_times = {}
+        # both seeds are drawn before any search, whatever the operating point:
+        # a fit at any flops_target (or none) gets the same ones, so a search
+        # over targets (FlopBudgetSearchCV) reproduces what each fit would do
+        self._sweep_seed, self._routing_seed = (
+            int(v) for v in rng.randint(np.iinfo(np.int32).max, size=2))
         t0 = time.perf_counter()
-        self._choose_operating_point(table, rng)
+        self._choose_operating_point(table)
         self._fit_times["threshold search"] = time.perf_counter() - t0
-        self._routing_seed = int(rng.randint(np.iinfo(np.int32).max))
         return table
 
     def set_operating_point(self, flops_target=None, thresholds=None):
@@ -164,7 +169,7 @@ class _EarlyExitBase:
         self.set_params(flops_target=flops_target, thresholds=thresholds)
         if hasattr(self, "_validate_params"):
             self._validate_params()
-        self._choose_operating_point(table, check_random_state(self.random_state))
+        self._choose_operating_point(table)
         return self
 
     def __getstate__(self):
@@ -172,7 +177,7 @@ class _EarlyExitBase:
         state.pop("_tuning_table", None)  # per-sample tuning arrays: not needed to predict
         return state
 
-    def _choose_operating_point(self, table, rng, precomputed=None):
+    def _choose_operating_point(self, table, precomputed=None):
         """Set the operating point (mixture of threshold vectors) from ``table``.
 
         ``precomputed``: a sweep already run on ``table`` (used by
@@ -206,7 +211,7 @@ class _EarlyExitBase:
             target = float(self.flops_target)
             if target < table.min_cost():
                 warn_unreachable(target, table.min_cost())
-            T, _ = bisection_search(table, target, rng)
+            T, _ = bisection_search(table, target, self._sweep_seed)
             mix_T, mix_w = T[None, :], np.array([1.0])
             c, a = table.evaluate(T)
             rows.append((target, c, a, T, True))
@@ -219,7 +224,7 @@ class _EarlyExitBase:
                           if getattr(self, "threshold_search", "hull") == "coordinate"
                           else "bisect")
                 T, costs, accs = sweep(
-                    table, targets, method=method, random_state=rng,
+                    table, targets, method=method, random_state=self._sweep_seed,
                     progress=_progress(getattr(self, "verbose", 0), "E2CM threshold sweep",
                                        len(targets) if method == "bisect" else None),
                 )
@@ -300,6 +305,19 @@ class _EarlyExitBase:
             )
         res.y_pred = self.classes_[res.y_pred]
         return res
+
+    def _time_sharing_uniforms(self, X):
+        """The uniform that :meth:`route` draws for each row of ``X`` (a hash of the row).
+
+        Time sharing sends a row to the mixture's threshold vector
+        ``assign_rows(u, mixture_weights_)``; callers that rebuild routed
+        results from exit tables use this to reproduce the same assignment.
+        """
+        X = self._validate_X(X)
+        adapter = self._adapter
+        parts = [row_uniforms(adapter.to_numpy(Xb), self._routing_seed)
+                 for Xb, _ in adapter.batches(X, None, getattr(self, "batch_size", None))]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def predict(self, X):
         """Predicted class of each sample, with early exits."""

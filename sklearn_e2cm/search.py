@@ -31,7 +31,14 @@ from sklearn.utils._indexing import _safe_indexing
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, indexable
 
-from ._thresholds import SEARCH_METHODS, sweep, time_sharing, upper_hull
+from ._thresholds import (
+    SEARCH_METHODS,
+    evaluate_mixtures,
+    mixture_exits,
+    sweep,
+    time_sharing,
+    upper_hull,
+)
 
 __all__ = ["FlopBudgetSearchCV"]
 
@@ -176,9 +183,41 @@ def _mixture_values(mixtures, values):
     return np.array([float(w @ values[v]) for v, w in mixtures])
 
 
+def _tuning_grid(est, targets):
+    """Targets swept to build the hull: the estimator's own grid when it has one.
+
+    An estimator with ``n_targets`` builds its hull from
+    ``linspace(0, 1, n_targets + 1)[1:]`` when fitted; sweeping that grid
+    (with the estimator's seed) makes each served target exactly what
+    ``fit`` at that ``flops_target`` would serve.
+    """
+    n = est.get_params(deep=False).get("n_targets")
+    if isinstance(n, numbers.Integral) and not isinstance(n, bool):
+        return np.linspace(0.0, 1.0, int(n) + 1)[1:]
+    return targets
+
+
+def _sweep_seed(est, seed):
+    """The estimator's own sweep seed (drawn in its fit), else the search's."""
+    own = getattr(est, "_sweep_seed", None)
+    return seed if own is None else int(own)
+
+
+def _routing_uniforms(est, X):
+    """Per-row time-sharing uniforms of ``est.route`` on ``X``, or None if unknown."""
+    fn = getattr(est, "_time_sharing_uniforms", None)
+    return None if fn is None else fn(X)
+
+
 def _fold(estimator, X, y, w, train, test, targets, method, scoring, seed, return_train,
           shared=None):
     """Fit one fold, sweep every target on its tuning table, score on the held-out part.
+
+    The hull is built as the estimator's own ``fit`` builds it (its target
+    grid and sweep seed), each target is served from it by time sharing, and
+    the held-out part is routed as the fitted estimator's ``route`` would
+    route it (each row sent to one vertex by the hash of its content), so
+    the scores are those ``GridSearchCV`` over ``flops_target`` would get.
 
     With ``shared`` (one forward pass over all rows, frozen stages) the fold
     reads its stage vectors from it instead of running the stages.
@@ -199,33 +238,33 @@ def _fold(estimator, X, y, w, train, test, targets, method, scoring, seed, retur
     else:
         est._fit_shared(shared, train)
     tune = _tuning_table(est, X_tr, y_tr, w_tr, scoring, shared)
-    tg, T, c, s = _scored_sweep(tune, targets, method, seed, scoring, y_tr, w_tr)
+    seed = _sweep_seed(est, seed)
+    tg, T, c, s = _scored_sweep(tune, _tuning_grid(est, targets), method, seed, scoring,
+                                y_tr, w_tr)
     hull = upper_hull(c, s)
     mixtures = _served(c[hull], targets)
     fit_time = time.perf_counter() - t0
     t0 = time.perf_counter()
     held = _eval_table(est, X_te, y_te, w_te, scoring, shared)
     M1 = held.n_stages - 1
-    hc, hs = held.evaluate_many(T[hull])
     base_c, base_s = held.evaluate(np.ones(M1))
-    test_flops = _mixture_values(mixtures, hc)
+    u = _routing_uniforms(est, _safe_indexing(X, test) if shared is not None else X_te)
+    Th = T[hull]
     if scoring.kind == "metric":
         # non-decomposable: rebuild the routed predictions of each served mixture
-        u = np.random.default_rng(seed).random(held.n_samples)
-        preds = np.stack([held.predict_indices(t) for t in T[hull]])
+        if u is None:
+            u = np.random.default_rng(seed).random(held.n_samples)
+        rows = np.arange(held.n_samples)
         cache = {}
+        test_flops = np.empty(len(mixtures))
         test_score = np.empty(len(mixtures))
         for p, (v, wv) in enumerate(mixtures):
-            key = (tuple(v.tolist()), tuple(np.round(wv, 12).tolist()))
-            if key not in cache:
-                comp = np.minimum(np.searchsorted(np.cumsum(wv)[:-1], u, side="right"),
-                                  len(v) - 1)
-                idx = preds[v][comp, np.arange(held.n_samples)]
-                cache[key] = _metric_of(held, idx, y_te, scoring, w_te)
-            test_score[p] = cache[key]
+            exits, cost = mixture_exits(held, Th, v, wv, u, cache)
+            test_flops[p] = held._mean(cost)
+            test_score[p] = _metric_of(held, held.pred_labels[rows, exits], y_te, scoring, w_te)
         base_s = _metric_of(held, held.predict_indices(np.ones(M1)), y_te, scoring, w_te)
     else:
-        test_score = _mixture_values(mixtures, hs)
+        test_flops, test_score = evaluate_mixtures(held, Th, mixtures, u)
     score_time = time.perf_counter() - t0
     out = {
         "test_flops": test_flops,
@@ -324,11 +363,13 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         the target closest to its served cost).
         ``None``: the best mean score overall. A callable: receives
         :attr:`cv_results_` and returns the index of the chosen row.
-    method : {"bisect", "coordinate"}, default="bisect"
+    method : {"bisect", "coordinate"} or None, default=None
         Threshold search (see :func:`sklearn_e2cm._thresholds.sweep`):
         ``"bisect"`` is the paper's random start and alternating bisection
         per target; ``"coordinate"`` is exact coordinate ascent on
-        ``score - λ·cost`` along a path of ``λ``.
+        ``score - λ·cost`` along a path of ``λ``. ``None``: the estimator's
+        own (``"coordinate"`` when its ``threshold_search="coordinate"``,
+        else ``"bisect"``); the refitted estimator searches the same way.
     refit : bool, default=True
         Fit :attr:`best_estimator_` on the whole data with the selected
         operating point. It is tuned on the whole data's tuning table with
@@ -342,9 +383,11 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         Progress over the folds (and the sweep with ``cv=None``) when
         positive.
     random_state : int, RandomState instance or None, default=None
-        Seeds the random starts of ``method="bisect"`` and the rebuilt
-        time-sharing draws of non-decomposable metrics. Results do not
-        depend on ``n_jobs``.
+        Used when the estimator's own ``random_state`` is None: the folds
+        and the refit then all get one seed drawn from this one (as with an
+        estimator given an int), so results are reproducible. An estimator
+        with its own seed keeps it, and every fold sweeps with the seed its
+        own ``fit`` would use. Results do not depend on ``n_jobs``.
     return_train_score : bool, default=False
         Also report the cost and score of each target on the tuning data.
     share_stage_outputs : "auto" or bool, default="auto"
@@ -373,9 +416,18 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         ``std_fit_time``, ``mean_score_time``, ``std_score_time`` (per fold;
         one fit serves every target, so these are shared by all rows), and
         with ``return_train_score`` the ``*_train_score`` / ``*_train_flops``
-        keys. Scores of a time-sharing mixture are expected values
-        (mixture weights times the vertices' scores), except for
-        non-decomposable metrics, whose mixture is drawn per sample.
+        keys. Each fold builds its hull as the estimator's own ``fit``
+        does (its ``n_targets`` grid, search and seed) and serves every
+        target from it; held-out scores and costs are those of the routed
+        predictions the fitted estimator would make (time sharing assigns
+        each held-out row to one vertex by the hash of its content, as
+        :meth:`route` does). For an estimator with an int ``random_state``
+        and accuracy scoring, each row therefore equals what
+        :class:`~sklearn.model_selection.GridSearchCV` over ``flops_target``
+        reports on the same splits, and a grid that contains
+        ``GridSearchCV``'s targets can only select an equal or better
+        cross-validated score at a budget. ``cv=None`` reports the tuning
+        data's expected values (mixture weights times the vertices').
     best_index_ : int
     best_params_ : dict
         ``{"flops_target": t}``.
@@ -448,7 +500,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         "cv": ["cv_object", StrOptions({"prefit"})],
         "scoring": [StrOptions({"accuracy", "agreement"}), str, callable, None],
         "budget": [Interval(numbers.Real, 0, None, closed="neither"), callable, None],
-        "method": [StrOptions(set(SEARCH_METHODS))],
+        "method": [StrOptions(set(SEARCH_METHODS)), None],
         "refit": ["boolean"],
         "n_jobs": [numbers.Integral, None],
         "verbose": ["verbose"],
@@ -465,7 +517,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         cv=None,
         scoring=None,
         budget=None,
-        method=DEFAULT_METHOD,
+        method=None,
         refit=True,
         n_jobs=None,
         verbose=0,
@@ -534,11 +586,32 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self._targets = targets
         self.shared_stage_outputs_ = False
         self.share_reason_ = None
+        self.method_ = self._resolve_method()
         if self.cv is None or (isinstance(self.cv, str) and self.cv == "prefit"):
             self._fit_in_sample(X, y, w, targets, scoring, rng)
         else:
             self._fit_cv(X, y, w, groups, targets, scoring, rng)
         return self
+
+    def _resolve_method(self):
+        """``method``, or the estimator's own search when ``method=None``."""
+        if self.method is not None:
+            return self.method
+        own = self.estimator.get_params(deep=False).get("threshold_search")
+        return "coordinate" if own == "coordinate" else DEFAULT_METHOD
+
+    def _seeded_estimator(self, rng):
+        """The estimator, with ``random_state`` fixed from the search's when it is None.
+
+        Every fold and the refit then use the same seed, as ``GridSearchCV``
+        does with an estimator whose ``random_state`` is an int.
+        """
+        params = self.estimator.get_params(deep=False)
+        if "random_state" not in params or params["random_state"] is not None:
+            return self.estimator
+        est = clone(self.estimator)
+        est.set_params(random_state=int(rng.randint(np.iinfo(np.int32).max)))
+        return est
 
     def _progress(self, total, desc):
         if not self.verbose:
@@ -557,12 +630,13 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             est = deepcopy(self.estimator)
             table = _eval_table(est, X, y, w, scoring)
         else:
-            est = clone(self.estimator)
+            est = clone(self._seeded_estimator(rng))
             _reset_operating_params(est)
             _fit_estimator(est, X, y, w)
             table = _tuning_table(est, X, y, w, scoring)
-        tg, T, c, s = _scored_sweep(table, targets, self.method, seed, scoring, y, w,
-                                    progress=self._progress(None, f"{self.method} search"))
+        tg, T, c, s = _scored_sweep(table, _tuning_grid(est, targets), self.method_,
+                                    _sweep_seed(est, seed), scoring, y, w,
+                                    progress=self._progress(None, f"{self.method_} search"))
         hull = upper_hull(c, s)
         mixtures = _served(c[hull], targets)
         fit_time = time.perf_counter() - t0
@@ -597,8 +671,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self.cv_results_["on_pareto_front"] = np.isin(
             np.arange(len(targets)), self._front_rows(self.cv_results_))
         if self.refit:
-            self._set_operating_point(est, table, (tg, T, c, s), targets[self.best_index_],
-                                      rng)
+            self._set_operating_point(est, table, (tg, T, c, s), targets[self.best_index_])
             self.best_estimator_ = est
             self.refit_time_ = time.perf_counter() - t0
 
@@ -606,21 +679,22 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         cv = check_cv(self.cv, y, classifier=is_classifier(self.estimator))
         splits = list(cv.split(X, y, groups))
         self.n_splits_ = len(splits)
+        estimator = self._seeded_estimator(rng)
         seeds = rng.randint(np.iinfo(np.int32).max, size=len(splits) + 1)
-        template, shared = self._shared_pass(X, y, w, splits)
+        template, shared = self._shared_pass(estimator, X, y, w, splits)
         if self.verbose:
             how = (f"from one shared forward pass ({shared.nbytes / 2**20:.0f} MiB of stage "
                    "vectors)" if shared is not None
                    else f"{len(splits)} fits in total ({self.share_reason_})")
             print(
                 f"Fitting {len(splits)} folds, each sweeping {len(targets)} FLOP targets "
-                f"(method={self.method!r}): {how}"
+                f"(method={self.method_!r}): {how}"
             )
         # shared stage vectors are read by threads (no copy); otherwise processes
         parallel = Parallel(n_jobs=self.n_jobs, return_as="generator",
                             prefer="threads" if shared is not None else None)
         gen = parallel(
-            delayed(_fold)(self.estimator, X, y, w, train, test, targets, self.method,
+            delayed(_fold)(estimator, X, y, w, train, test, targets, self.method_,
                            scoring, int(seeds[k]), self.return_train_score, shared)
             for k, (train, test) in enumerate(splits)
         )
@@ -652,31 +726,32 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
                 est._fit_shared(shared, rows)
                 table = _tuning_table(est, rows, y, w, scoring, shared)
             else:
-                est = clone(self.estimator)
+                est = clone(estimator)
                 _reset_operating_params(est)
                 _fit_estimator(est, X, y, w)
                 table = _tuning_table(est, X, y, w, scoring)
-            sweep_out = _scored_sweep(table, targets, self.method, int(seeds[-1]), scoring, y, w)
+            sweep_out = _scored_sweep(table, _tuning_grid(est, targets), self.method_,
+                                      _sweep_seed(est, int(seeds[-1])), scoring, y, w)
             c, s = sweep_out[2], sweep_out[3]
             hull = upper_hull(c, s)
             T = sweep_out[1]
             mix = _served(c[hull], front["flops_target"].to_numpy())
             front["thresholds"] = [T[hull[v]] for v, _ in mix]
             front["weights"] = [wv for _, wv in mix]
-            self._set_operating_point(est, table, sweep_out, targets[self.best_index_], rng)
+            self._set_operating_point(est, table, sweep_out, targets[self.best_index_])
             self.best_estimator_ = est
             self.refit_time_ = time.perf_counter() - t0
         self.pareto_front_ = self._finish_front(front, scoring)
 
-    def _shared_pass(self, X, y, w, splits):
+    def _shared_pass(self, estimator, X, y, w, splits):
         """``(template, shared)``: one forward pass for all folds, or ``(None, None)``."""
         share = self.share_stage_outputs
-        hook = getattr(self.estimator, "_share_stage_outputs", None)
+        hook = getattr(estimator, "_share_stage_outputs", None)
         reason = None
         if share is False:
             reason = "share_stage_outputs=False"
         elif hook is None:
-            reason = f"{type(self.estimator).__name__} cannot fit from shared stage outputs"
+            reason = f"{type(estimator).__name__} cannot fit from shared stage outputs"
         elif y is None:
             reason = "no labels"
         else:
@@ -688,7 +763,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
                 reason = f"training folds {short} miss some classes"
         shared = template = None
         if reason is None:
-            template = clone(self.estimator)
+            template = clone(estimator)
             _reset_operating_params(template)
             if hasattr(template, "_validate_params"):
                 template._validate_params()  # what its fit would check first
@@ -714,14 +789,14 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             front.insert(3, "accuracy", front["score"].to_numpy())
         return front.sort_values("flops", kind="stable").reset_index(drop=True)
 
-    def _set_operating_point(self, est, table, sweep_out, target, rng):
+    def _set_operating_point(self, est, table, sweep_out, target):
         """Serve ``target`` from a sweep already run on ``est``'s tuning table."""
         params = est.get_params(deep=False)
         new = {"flops_target": float(target)}
         if "thresholds" in params:
             new["thresholds"] = None
         if "threshold_search" in params:
-            candidate = "coordinate" if self.method == "coordinate" else "hull"
+            candidate = "coordinate" if self.method_ == "coordinate" else "hull"
             try:  # only if the estimator accepts the value (refits then search the same way)
                 trial = clone(est).set_params(threshold_search=candidate)
                 trial._validate_params()
@@ -731,7 +806,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         est.set_params(**new)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            est._choose_operating_point(table, rng, precomputed=sweep_out)
+            est._choose_operating_point(table, precomputed=sweep_out)
 
     def _format_results(self, targets, folds):
         P = len(targets)

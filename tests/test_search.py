@@ -176,19 +176,19 @@ def test_agreement_with_cv_needs_no_labels_for_scoring(data):
 def test_callable_and_named_metrics(data):
     Xtr, Xte, ytr, yte, net = data
     kw = dict(flops_targets=40, cv=KFold(3, shuffle=True, random_state=0), random_state=0)
-    acc = FlopBudgetSearchCV(_est(net), **kw).fit(Xtr, ytr)
-    fn = FlopBudgetSearchCV(_est(net), scoring=lambda yt, yp: np.mean(yt == yp),
-                            **kw).fit(Xtr, ytr)
-    # same operating points; the metric path draws the time-sharing mixture per sample
+    est = _est(net, n_targets=100)
+    acc = FlopBudgetSearchCV(est, **kw).fit(Xtr, ytr)
+    fn = FlopBudgetSearchCV(est, scoring=lambda yt, yp: np.mean(yt == yp), **kw).fit(Xtr, ytr)
+    # same operating points, routed the same way: a metric that is accuracy gives accuracy
     np.testing.assert_allclose(fn.cv_results_["mean_test_flops"],
                                acc.cv_results_["mean_test_flops"])
     np.testing.assert_allclose(fn.cv_results_["mean_test_score"],
-                               acc.cv_results_["mean_test_score"], atol=0.03)
-    ba = FlopBudgetSearchCV(_est(net), scoring="balanced_accuracy", **kw).fit(Xtr, ytr)
+                               acc.cv_results_["mean_test_score"], atol=1e-12)
+    ba = FlopBudgetSearchCV(est, scoring="balanced_accuracy", **kw).fit(Xtr, ytr)
     assert ba.scorer_ == "balanced_accuracy"
     assert ba.score(Xte, yte) == pytest.approx(
         balanced_accuracy_score(yte, ba.predict(Xte)))
-    ms = FlopBudgetSearchCV(_est(net), scoring=make_scorer(balanced_accuracy_score),
+    ms = FlopBudgetSearchCV(est, scoring=make_scorer(balanced_accuracy_score),
                             **kw).fit(Xtr, ytr)
     np.testing.assert_allclose(ms.cv_results_["mean_test_score"],
                                ba.cv_results_["mean_test_score"])
@@ -235,16 +235,81 @@ def test_plot_draws_the_cv_curve(search):
 
 
 def test_sweep_hull_matches_estimator_own_search(data):
-    """cv=None with the estimator's own method reproduces its hull exactly."""
+    """cv=None reproduces the estimator's own sweep and hull exactly (same grid and seed)."""
     Xtr, Xte, ytr, yte, net = data
     est = _est(net, flops_target=0.3, n_targets=100).fit(Xtr, ytr)
-    s = FlopBudgetSearchCV(_est(net), flops_targets=100, method="bisect",
+    s = FlopBudgetSearchCV(_est(net, n_targets=100), flops_targets=37, budget=0.3,
                            random_state=0).fit(Xtr, ytr)
-    ours = s.best_estimator_.tradeoff_
-    hull = upper_hull(ours.flops.to_numpy(), ours.accuracy.to_numpy())
-    theirs = est.tradeoff_[est.tradeoff_.on_hull]
-    # both are hulls of 100 bisection targets on the same table (different random starts)
-    assert abs(ours.accuracy.to_numpy()[hull].max() - theirs.accuracy.max()) < 0.01
+    ours, theirs = s.best_estimator_.tradeoff_, est.tradeoff_
+    np.testing.assert_array_equal(ours.flops.to_numpy(), theirs.flops.to_numpy())
+    np.testing.assert_array_equal(ours.accuracy.to_numpy(), theirs.accuracy.to_numpy())
+    np.testing.assert_array_equal(np.vstack(ours.thresholds), np.vstack(theirs.thresholds))
+    np.testing.assert_array_equal(ours.on_hull.to_numpy(), theirs.on_hull.to_numpy())
+
+
+def _route_flops(est, X, y=None):
+    return float(est.route(X).flops.mean())
+
+
+@pytest.mark.parametrize("kw", [{}, {"calibration": 0.25}])
+@pytest.mark.parametrize("share", [True, False])
+def test_cv_results_equal_gridsearchcv_over_flops_target(data, kw, share):
+    """Each row is what GridSearchCV over flops_target measures: same hull, seed and routing."""
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    Xtr, Xte, ytr, yte, net = data
+    targets = [0.2, 0.25, 0.3, 0.45, 0.7]
+    cv = StratifiedKFold(3, shuffle=True, random_state=1)
+    est = _est(net, n_targets=200, **kw)
+    gs = GridSearchCV(est, {"flops_target": targets}, cv=cv, refit=False,
+                      scoring={"accuracy": "accuracy", "flops": _route_flops}).fit(Xtr, ytr)
+    fb = FlopBudgetSearchCV(est, flops_targets=targets, cv=cv, budget=0.3,
+                            share_stage_outputs=share).fit(Xtr, ytr)
+    assert fb.shared_stage_outputs_ is share
+    for k in range(3):
+        np.testing.assert_allclose(fb.cv_results_[f"split{k}_test_score"],
+                                   gs.cv_results_[f"split{k}_test_accuracy"], atol=1e-12)
+        np.testing.assert_allclose(fb.cv_results_[f"split{k}_test_flops"],
+                                   gs.cv_results_[f"split{k}_test_flops"], rtol=1e-9)
+    # a finer grid that contains GridSearchCV's targets selects an equal or better score
+    fine = FlopBudgetSearchCV(est, flops_targets=200, cv=cv, budget=0.3,
+                              share_stage_outputs=share).fit(Xtr, ytr)
+    ok = gs.cv_results_["mean_test_flops"] <= 0.3 + 1e-9
+    assert fine.best_score_ >= gs.cv_results_["mean_test_accuracy"][ok].max() - 1e-12
+    assert fine.best_flops_ <= 0.3 + 1e-9
+
+
+def test_search_seeds_an_unseeded_estimator(data):
+    Xtr, Xte, ytr, yte, net = data
+    est = EarlyExitClassMeans(stages=net, n_targets=100)  # random_state=None
+    a = FlopBudgetSearchCV(est, flops_targets=50, cv=3, budget=0.3, random_state=4).fit(Xtr, ytr)
+    b = FlopBudgetSearchCV(est, flops_targets=50, cv=3, budget=0.3, random_state=4).fit(Xtr, ytr)
+    seed = a.best_estimator_.random_state
+    assert isinstance(seed, int) and seed == b.best_estimator_.random_state
+    np.testing.assert_array_equal(a.cv_results_["mean_test_score"],
+                                  b.cv_results_["mean_test_score"])
+    assert est.random_state is None  # the user's estimator is not modified
+    # the refit is what fitting the seeded estimator at the selected target gives
+    ref = clone_with(est, random_state=seed, flops_target=a.best_params_["flops_target"])
+    ref.fit(Xtr, ytr)
+    np.testing.assert_array_equal(ref.mixture_thresholds_, a.best_estimator_.mixture_thresholds_)
+    np.testing.assert_array_equal(ref.predict(Xte), a.predict(Xte))
+
+
+def clone_with(est, **params):
+    from sklearn.base import clone
+
+    return clone(est).set_params(**params)
+
+
+def test_method_none_follows_the_estimator(data):
+    Xtr, Xte, ytr, yte, net = data
+    s = FlopBudgetSearchCV(_est(net, threshold_search="coordinate"), flops_targets=20,
+                           budget=0.3).fit(Xtr, ytr)
+    assert s.method_ == "coordinate"
+    assert s.best_estimator_.threshold_search == "coordinate"
+    s = FlopBudgetSearchCV(_est(net), flops_targets=20, budget=0.3).fit(Xtr, ytr)
+    assert s.method_ == "bisect" and s.best_estimator_.threshold_search == "hull"
 
 
 # ----------------------------------------------- one forward pass shared by the folds

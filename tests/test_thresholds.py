@@ -11,8 +11,12 @@ from sklearn_e2cm._thresholds import (
     bisection_search,
     coordinate_path,
     cumulative_cost,
+    evaluate_mixtures,
     exit_stages,
+    mixture_exits,
+    random_starts,
     row_uniforms,
+    seed_of,
     sweep,
     time_sharing,
     upper_hull,
@@ -104,6 +108,74 @@ def test_sweep_bisect_is_reproducible_and_exact():
     ce, se = table.evaluate_many(T1)
     np.testing.assert_allclose(c1, ce, atol=1e-12)
     np.testing.assert_allclose(s1, se, atol=1e-12)
+
+
+def test_random_starts_are_keyed_by_seed_and_target():
+    a = random_starts(11, [0.25, 0.5, 0.75], 6)
+    assert a.shape == (3, 6) and a.min() >= 0 and a.max() <= GRID
+    # a target's start ignores the other targets and ulp-level differences
+    np.testing.assert_array_equal(random_starts(11, [0.5], 6)[0], a[1])
+    np.testing.assert_array_equal(random_starts(11, [np.linspace(0, 1, 1001)[250]], 6)[0], a[0])
+    assert not np.array_equal(random_starts(12, [0.5], 6)[0], a[1])
+    # roughly uniform over the grid
+    u = random_starts(0, np.linspace(0.001, 1, 1000), 4).ravel() / GRID
+    assert abs(u.mean() - 0.5) < 0.03 and abs((u < 0.25).mean() - 0.25) < 0.03
+
+
+def test_seed_of_accepts_ints_generators_and_randomstates():
+    assert seed_of(7) == 7 and seed_of(np.int64(7)) == 7
+    assert seed_of(np.random.RandomState(0)) == seed_of(np.random.RandomState(0))
+    assert seed_of(np.random.default_rng(0)) == seed_of(np.random.default_rng(0))
+    assert isinstance(seed_of(None), int)
+    with pytest.raises(ValueError, match="random_state must be"):
+        seed_of("zero")
+
+
+def test_sweep_point_equals_the_single_target_search():
+    """Each swept target is the bisection at that target alone; grids nest."""
+    table = _table(N=1500, M=5, seed=2)
+    coarse = np.linspace(0, 1, 21)[1:]
+    fine = np.linspace(0, 1, 101)[1:]
+    Tc, cc, sc = sweep(table, coarse, random_state=5)
+    Tf, cf, sf = sweep(table, fine, random_state=5)
+    for k, t in enumerate(coarse):
+        T1, _ = bisection_search(table, t, random_state=5)
+        np.testing.assert_array_equal(T1, Tc[k])
+        i = int(np.argmin(np.abs(fine - t)))
+        np.testing.assert_array_equal(Tf[i], Tc[k])
+    # so the finer sweep's best point within any budget is at least as good
+    for b in (0.3, 0.5, 0.8):
+        assert sf[cf <= b].max() >= sc[cc <= b].max()
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_mixture_evaluation_matches_a_per_sample_loop(weights):
+    table = _table(N=300, M=4, seed=9, weights=weights)
+    T = np.array([[0.9, 0.8, 0.7], [0.5, 0.6, 0.9], [0.3, 0.2, 1.0]])
+    mixtures = [(np.array([0]), np.array([1.0])), (np.array([0, 1]), np.array([0.3, 0.7])),
+                (np.array([1, 2]), np.array([0.6, 0.4]))]
+    u = np.random.default_rng(1).random(table.n_samples)
+    costs, scores = evaluate_mixtures(table, T, mixtures, u)
+    w = (np.full(table.n_samples, 1 / table.n_samples) if table.weights is None
+         else table.weights)
+    for p, (v, wv) in enumerate(mixtures):
+        c_ref = s_ref = 0.0
+        for i in range(table.n_samples):
+            comp = 0 if len(v) == 1 or u[i] < wv[0] else 1
+            ex, _, _ = _reference(table, T[v[comp]])
+            cvec = cumulative_cost(table.stage_flops, table.exit_flops, T[v[comp]] < 1,
+                                   table.last_head)
+            c_ref += w[i] * cvec[ex[i]]
+            s_ref += w[i] * table.correct[i, ex[i]]
+        assert costs[p] == pytest.approx(c_ref, abs=1e-12)
+        assert scores[p] == pytest.approx(s_ref, abs=1e-12)
+        exits, cost = mixture_exits(table, T, v, wv, u)
+        assert table._mean(cost) == pytest.approx(c_ref, abs=1e-12)
+    # without uniforms: the expectation over the mixture weights
+    ce, se = evaluate_mixtures(table, T, mixtures)
+    vc, vs = table.evaluate_many(T)
+    np.testing.assert_allclose(ce, [wv @ vc[v] for v, wv in mixtures], atol=1e-12)
+    np.testing.assert_allclose(se, [wv @ vs[v] for v, wv in mixtures], atol=1e-12)
 
 
 def test_sweep_unknown_method():
