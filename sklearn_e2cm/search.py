@@ -451,6 +451,8 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         Mean cost and score of the base model (no early exit) on the
         held-out parts (tuning data for ``cv=None``).
     n_splits_ : int
+    method_ : str
+        The threshold search used (``method``, or the estimator's own).
     shared_stage_outputs_ : bool
         Whether the folds read their stage vectors from one shared forward pass.
     share_reason_ : str or None

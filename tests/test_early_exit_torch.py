@@ -1,6 +1,7 @@
 """EarlyExitClassMeans on torch stages (tiny ResNet on 8x8 digits)."""
 
 import pickle
+import warnings
 
 import joblib
 import numpy as np
@@ -237,6 +238,25 @@ def test_search_shares_one_forward_pass_over_the_network(stages, data):
     np.testing.assert_allclose(s.cv_results_["mean_test_score"],
                                u.cv_results_["mean_test_score"], atol=0.01)
     assert s.best_estimator_.score(Xte, yte) > 0.5
+
+
+def test_search_rows_equal_gridsearchcv_on_a_network(stages, data):
+    """Torch inputs (array or tensor): the search's rows are GridSearchCV's numbers."""
+    from sklearn.model_selection import GridSearchCV
+
+    from sklearn_e2cm import FlopBudgetSearchCV
+
+    Xtr, ytr, Xte, yte = data
+    est = EarlyExitClassMeans(stages=stages, batch_size=128, random_state=0, n_targets=100)
+    targets = [0.4, 0.6, 0.9]
+    for X in (Xtr, torch.from_numpy(Xtr)):
+        fb = FlopBudgetSearchCV(est, flops_targets=targets, cv=3).fit(X, ytr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # targets below the cheapest cost
+            gs = GridSearchCV(est, {"flops_target": targets}, cv=3).fit(X, ytr)
+        assert fb.shared_stage_outputs_
+        np.testing.assert_allclose(fb.cv_results_["mean_test_score"],
+                                   gs.cv_results_["mean_test_score"], atol=1e-12)
 
 
 def test_shared_search_in_threads_leaves_the_network_mode_alone(net, data):
