@@ -494,7 +494,13 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         :class:`~sklearn_e2cm.FlopBudgetSearchCV` may hold to run frozen
         stages once for all its folds.
     random_state : int, RandomState instance or None, default=None
-        Seeds the threshold initialisation and the time-sharing assignment.
+        Seeds the threshold initialisation and the time-sharing assignment
+        (and the ``calibration`` split). Both seeds are drawn at the start
+        of the threshold search whatever ``flops_target`` is, and the
+        bisection start for a target is a hash of the seed and the target,
+        so with an int seed every ``flops_target`` is served exactly as a
+        sweep over many targets (:class:`~sklearn_e2cm.FlopBudgetSearchCV`)
+        serves it.
     verbose : int, default=0
         Progress bars when positive.
 
