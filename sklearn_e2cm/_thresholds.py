@@ -483,9 +483,11 @@ def seed_of(random_state):
         return int(random_state.integers(2**63 - 1))
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(np.iinfo(np.int32).max))
+    if isinstance(random_state, (np.random.SeedSequence, np.random.BitGenerator)):
+        return int(np.random.default_rng(random_state).integers(2**63 - 1))
     raise ValueError(
-        f"random_state must be an int, a numpy Generator or RandomState, or None; "
-        f"got {random_state!r}."
+        f"random_state must be an int, a numpy Generator, RandomState, SeedSequence or "
+        f"BitGenerator, or None; got {random_state!r}."
     )
 
 
@@ -506,7 +508,7 @@ def random_starts(seed, targets, n_thresholds):
     """
     targets = np.atleast_1d(np.asarray(targets, dtype=np.float64))
     key = np.round(targets * 1e9).astype(np.int64).view(np.uint64)
-    s = _mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) ^ _MIX[2])
+    s = _mix64(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) ^ _MIX[2])
     j = np.arange(1, n_thresholds + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
         h = _mix64(s ^ (key * _MIX[0]))

@@ -179,6 +179,23 @@ def _served(hull_costs, targets):
     return [time_sharing(hull_costs, t) for t in targets]
 
 
+def _operating_points(c, s, targets, points):
+    """``(rows, mixtures)``: the swept rows each target is served from.
+
+    ``points=False`` (the estimator's ``threshold_search="hull"`` or
+    ``"coordinate"``): the rows of the upper concave hull, each target served
+    by time sharing between two of them. ``points=True``
+    (``threshold_search="bisect"``, whose fit runs the search at its target
+    only): the sweep ran on ``targets`` themselves, and target ``p`` is served
+    by its own row ``p``. ``mixtures`` index into ``rows``.
+    """
+    if points:
+        P = len(targets)
+        return np.arange(P), [(np.array([p]), np.array([1.0])) for p in range(P)]
+    rows = upper_hull(c, s)
+    return rows, _served(c[rows], targets)
+
+
 def _mixture_values(mixtures, values):
     return np.array([float(w @ values[v]) for v, w in mixtures])
 
@@ -210,7 +227,7 @@ def _routing_uniforms(est, X):
 
 
 def _fold(estimator, X, y, w, train, test, targets, method, scoring, seed, return_train,
-          shared=None):
+          shared=None, points=False):
     """Fit one fold, sweep every target on its tuning table, score on the held-out part.
 
     The hull is built as the estimator's own ``fit`` builds it (its target
@@ -239,10 +256,9 @@ def _fold(estimator, X, y, w, train, test, targets, method, scoring, seed, retur
         est._fit_shared(shared, train)
     tune = _tuning_table(est, X_tr, y_tr, w_tr, scoring, shared)
     seed = _sweep_seed(est, seed)
-    tg, T, c, s = _scored_sweep(tune, _tuning_grid(est, targets), method, seed, scoring,
-                                y_tr, w_tr)
-    hull = upper_hull(c, s)
-    mixtures = _served(c[hull], targets)
+    tg, T, c, s = _scored_sweep(tune, targets if points else _tuning_grid(est, targets),
+                                method, seed, scoring, y_tr, w_tr)
+    hull, mixtures = _operating_points(c, s, targets, points)
     fit_time = time.perf_counter() - t0
     t0 = time.perf_counter()
     held = _eval_table(est, X_te, y_te, w_te, scoring, shared)
@@ -426,8 +442,12 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         :class:`~sklearn.model_selection.GridSearchCV` over ``flops_target``
         reports on the same splits, and a grid that contains
         ``GridSearchCV``'s targets can only select an equal or better
-        cross-validated score at a budget. ``cv=None`` reports the tuning
-        data's expected values (mixture weights times the vertices').
+        cross-validated score at a budget. An estimator with
+        ``threshold_search="bisect"`` (one search per target, no hull) has
+        each target served by its own swept point, which is the point its
+        ``fit`` finds. ``cv=None`` and the ``*_train_*`` keys report the
+        tuning data's expected values (mixture weights times the
+        vertices').
     best_index_ : int
     best_params_ : dict
         ``{"flops_target": t}``.
@@ -589,6 +609,9 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self.shared_stage_outputs_ = False
         self.share_reason_ = None
         self.method_ = self._resolve_method()
+        own = self.estimator.get_params(deep=False).get("threshold_search")
+        # an estimator that searches one target at a time serves each target's own point
+        self._points = own == "bisect" and self.method in (None, "bisect")
         if self.cv is None or (isinstance(self.cv, str) and self.cv == "prefit"):
             self._fit_in_sample(X, y, w, targets, scoring, rng)
         else:
@@ -636,18 +659,18 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             _reset_operating_params(est)
             _fit_estimator(est, X, y, w)
             table = _tuning_table(est, X, y, w, scoring)
-        tg, T, c, s = _scored_sweep(table, _tuning_grid(est, targets), self.method_,
-                                    _sweep_seed(est, seed), scoring, y, w,
-                                    progress=self._progress(None, f"{self.method_} search"))
+        grid = targets if self._points else _tuning_grid(est, targets)
+        tg, T, c, s = _scored_sweep(table, grid, self.method_, _sweep_seed(est, seed), scoring,
+                                    y, w, progress=self._progress(None, f"{self.method_} search"))
+        served, mixtures = _operating_points(c, s, targets, self._points)
         hull = upper_hull(c, s)
-        mixtures = _served(c[hull], targets)
         fit_time = time.perf_counter() - t0
         M1 = table.n_stages - 1
         self.base_flops_, base_s = table.evaluate(np.ones(M1))
         self.base_score_ = float(s[-1]) if scoring.kind == "metric" else base_s
         fold = {
-            "test_flops": _mixture_values(mixtures, c[hull]),
-            "test_score": _mixture_values(mixtures, s[hull]),
+            "test_flops": _mixture_values(mixtures, c[served]),
+            "test_score": _mixture_values(mixtures, s[served]),
             "fit_time": fit_time,
             "score_time": 0.0,
         }
@@ -697,7 +720,8 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
                             prefer="threads" if shared is not None else None)
         gen = parallel(
             delayed(_fold)(estimator, X, y, w, train, test, targets, self.method_,
-                           scoring, int(seeds[k]), self.return_train_score, shared)
+                           scoring, int(seeds[k]), self.return_train_score, shared,
+                           self._points)
             for k, (train, test) in enumerate(splits)
         )
         prog = self._progress(len(splits), "FlopBudgetSearchCV folds")
@@ -705,19 +729,19 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self.cv_results_ = self._format_results(targets, folds)
         bases = np.array([f["base"] for f in folds])
         self.base_flops_, self.base_score_ = (float(v) for v in bases.mean(axis=0))
-        rows = self._front_rows(self.cv_results_)
-        self.cv_results_["on_pareto_front"] = np.isin(np.arange(len(targets)), rows)
+        front_rows = self._front_rows(self.cv_results_)
+        self.cv_results_["on_pareto_front"] = np.isin(np.arange(len(targets)), front_rows)
         self._sweep_points = None
         self._select()
         front = pd.DataFrame(
             {
-                "flops_target": targets[rows],
-                "flops": self.cv_results_["mean_test_flops"][rows],
-                "score": self.cv_results_["mean_test_score"][rows],
-                "std_flops": self.cv_results_["std_test_flops"][rows],
-                "std_score": self.cv_results_["std_test_score"][rows],
-                "thresholds": [None] * len(rows),
-                "weights": [None] * len(rows),
+                "flops_target": targets[front_rows],
+                "flops": self.cv_results_["mean_test_flops"][front_rows],
+                "score": self.cv_results_["mean_test_score"][front_rows],
+                "std_flops": self.cv_results_["std_test_flops"][front_rows],
+                "std_score": self.cv_results_["std_test_score"][front_rows],
+                "thresholds": [None] * len(front_rows),
+                "weights": [None] * len(front_rows),
             }
         )
         if self.refit:
@@ -732,14 +756,18 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
                 _reset_operating_params(est)
                 _fit_estimator(est, X, y, w)
                 table = _tuning_table(est, X, y, w, scoring)
-            sweep_out = _scored_sweep(table, _tuning_grid(est, targets), self.method_,
+            grid = targets if self._points else _tuning_grid(est, targets)
+            sweep_out = _scored_sweep(table, grid, self.method_,
                                       _sweep_seed(est, int(seeds[-1])), scoring, y, w)
-            c, s = sweep_out[2], sweep_out[3]
-            hull = upper_hull(c, s)
-            T = sweep_out[1]
-            mix = _served(c[hull], front["flops_target"].to_numpy())
-            front["thresholds"] = [T[hull[v]] for v, _ in mix]
-            front["weights"] = [wv for _, wv in mix]
+            c, s, T = sweep_out[2], sweep_out[3], sweep_out[1]
+            if self._points:  # each front row is served by its own target's point
+                front["thresholds"] = [T[r][None, :] for r in front_rows]
+                front["weights"] = [np.array([1.0]) for _ in front_rows]
+            else:
+                hull = upper_hull(c, s)
+                mix = _served(c[hull], front["flops_target"].to_numpy())
+                front["thresholds"] = [T[hull[v]] for v, _ in mix]
+                front["weights"] = [wv for _, wv in mix]
             self._set_operating_point(est, table, sweep_out, targets[self.best_index_])
             self.best_estimator_ = est
             self.refit_time_ = time.perf_counter() - t0
@@ -805,10 +833,14 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
                 new["threshold_search"] = candidate
             except Exception:  # noqa: BLE001 - keep the estimator's own search
                 pass
+        if self._points:
+            new.pop("threshold_search", None)  # keep the single-target search
         est.set_params(**new)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            est._choose_operating_point(table, precomputed=sweep_out)
+            # single-target search: the estimator's own bisection at the target, which the
+            # keyed starts make identical to the sweep's point for that target
+            est._choose_operating_point(table, precomputed=None if self._points else sweep_out)
 
     def _format_results(self, targets, folds):
         P = len(targets)

@@ -251,7 +251,8 @@ def _route_flops(est, X, y=None):
     return float(est.route(X).flops.mean())
 
 
-@pytest.mark.parametrize("kw", [{}, {"calibration": 0.25}])
+@pytest.mark.parametrize("kw", [{}, {"calibration": 0.25}, {"threshold_search": "bisect"},
+                                {"threshold_search": "coordinate"}])
 @pytest.mark.parametrize("share", [True, False])
 def test_cv_results_equal_gridsearchcv_over_flops_target(data, kw, share):
     """Each row is what GridSearchCV over flops_target measures: same hull, seed and routing."""
@@ -271,6 +272,11 @@ def test_cv_results_equal_gridsearchcv_over_flops_target(data, kw, share):
                                    gs.cv_results_[f"split{k}_test_accuracy"], atol=1e-12)
         np.testing.assert_allclose(fb.cv_results_[f"split{k}_test_flops"],
                                    gs.cv_results_[f"split{k}_test_flops"], rtol=1e-9)
+    # the refit is the estimator fitted at the selected target, searching the same way
+    ref = clone_with(est, flops_target=fb.best_params_["flops_target"]).fit(Xtr, ytr)
+    assert fb.best_estimator_.get_params() == ref.get_params()
+    np.testing.assert_allclose(fb.best_estimator_.mixture_thresholds_, ref.mixture_thresholds_,
+                               atol=1e-12)
     # a finer grid that contains GridSearchCV's targets selects an equal or better score
     fine = FlopBudgetSearchCV(est, flops_targets=200, cv=cv, budget=0.3,
                               share_stage_outputs=share).fit(Xtr, ytr)

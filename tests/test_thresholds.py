@@ -127,6 +127,11 @@ def test_seed_of_accepts_ints_generators_and_randomstates():
     assert seed_of(np.random.RandomState(0)) == seed_of(np.random.RandomState(0))
     assert seed_of(np.random.default_rng(0)) == seed_of(np.random.default_rng(0))
     assert isinstance(seed_of(None), int)
+    assert seed_of(np.random.SeedSequence(3)) == seed_of(np.random.SeedSequence(3))
+    assert seed_of(np.random.PCG64(3)) == seed_of(np.random.PCG64(3))
+    np.testing.assert_array_equal(random_starts(np.int64(5), [0.5], 3),
+                                  random_starts(5, [0.5], 3))
+    assert random_starts(np.int32(-1), [0.5], 3).shape == (1, 3)
     with pytest.raises(ValueError, match="random_state must be"):
         seed_of("zero")
 
