@@ -116,7 +116,7 @@ def route(
         n = adapter.n_rows(Xb)
         comp = np.zeros(n, dtype=np.intp)
         if V > 1:
-            comp = assign_rows(row_uniforms(adapter.to_numpy(Xb), seed), weights)
+            comp = assign_rows(batch_uniforms(adapter, Xb, seed), weights)
         T = thresholds[comp]
         pred = np.empty(n, dtype=np.intp)
         exit_stage = np.empty(n, dtype=np.intp)
@@ -164,6 +164,11 @@ def route(
     flops = np.asarray(costs)[comp, exit_stage] if y_idx.shape[0] else np.zeros(0)
     proba = np.concatenate(out_proba) if (return_proba and out_proba) else None
     return RoutingResult(y_idx, exit_stage, flops, proba, comp)
+
+
+def batch_uniforms(adapter, Xb, seed):
+    """Time-sharing uniform of every row of a batch: a hash of the row's content."""
+    return row_uniforms(adapter.to_numpy(Xb), seed)
 
 
 def _store(buf, rows, values, n):

@@ -46,6 +46,7 @@ __all__ = [
     "random_starts",
     "seed_of",
     "mixture_exits",
+    "mixture_values",
     "evaluate_mixtures",
 ]
 
@@ -1096,6 +1097,11 @@ def mixture_exits(table, T, vertices, weights, u, cache=None):
     return exits, cost
 
 
+def mixture_values(mixtures, values):
+    """Expected value of each mixture ``(vertices, weights)``: weights times ``values[vertices]``."""
+    return np.array([float(w @ values[v]) for v, w in mixtures])
+
+
 def evaluate_mixtures(table, T, mixtures, u=None):
     """Cost and score of each time-sharing mixture over the rows of ``T``.
 
@@ -1116,9 +1122,8 @@ def evaluate_mixtures(table, T, mixtures, u=None):
     """
     P = len(mixtures)
     if u is None:
-        vc, vs = table.evaluate_many(T) if len(T) else (np.zeros(0), np.zeros(0))
-        return (np.array([float(w @ vc[v]) for v, w in mixtures]),
-                np.array([float(w @ vs[v]) for v, w in mixtures]))
+        vc, vs = table.evaluate_many(T)
+        return mixture_values(mixtures, vc), mixture_values(mixtures, vs)
     n = table.n_samples
     order = np.argsort(u, kind="stable")
     u_sorted = np.asarray(u)[order]

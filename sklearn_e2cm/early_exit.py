@@ -29,11 +29,10 @@ from ._class_means import (
     whitened_head,
 )
 from ._memory import HeapGuard
-from ._routing import iter_stages, route
+from ._routing import batch_uniforms, iter_stages, route
 from ._thresholds import (
     ExitTable,
     bisection_search,
-    row_uniforms,
     sweep,
     time_sharing,
     upper_hull,
@@ -315,7 +314,7 @@ class _EarlyExitBase:
         """
         X = self._validate_X(X)
         adapter = self._adapter
-        parts = [row_uniforms(adapter.to_numpy(Xb), self._routing_seed)
+        parts = [batch_uniforms(adapter, Xb, self._routing_seed)
                  for Xb, _ in adapter.batches(X, None, getattr(self, "batch_size", None))]
         return np.concatenate(parts) if parts else np.zeros(0)
 

@@ -35,6 +35,7 @@ from ._thresholds import (
     SEARCH_METHODS,
     evaluate_mixtures,
     mixture_exits,
+    mixture_values,
     sweep,
     time_sharing,
     upper_hull,
@@ -196,18 +197,17 @@ def _operating_points(c, s, targets, points):
     return rows, _served(c[rows], targets)
 
 
-def _mixture_values(mixtures, values):
-    return np.array([float(w @ values[v]) for v, w in mixtures])
-
-
-def _tuning_grid(est, targets):
-    """Targets swept to build the hull: the estimator's own grid when it has one.
+def _tuning_grid(est, targets, points=False):
+    """Targets to sweep: the estimator's own hull grid when it has one.
 
     An estimator with ``n_targets`` builds its hull from
     ``linspace(0, 1, n_targets + 1)[1:]`` when fitted; sweeping that grid
     (with the estimator's seed) makes each served target exactly what
-    ``fit`` at that ``flops_target`` would serve.
+    ``fit`` at that ``flops_target`` would serve. With ``points`` (a
+    single-target search per target) the served targets themselves.
     """
+    if points:
+        return targets
     n = est.get_params(deep=False).get("n_targets")
     if isinstance(n, numbers.Integral) and not isinstance(n, bool):
         return np.linspace(0.0, 1.0, int(n) + 1)[1:]
@@ -256,8 +256,8 @@ def _fold(estimator, X, y, w, train, test, targets, method, scoring, seed, retur
         est._fit_shared(shared, train)
     tune = _tuning_table(est, X_tr, y_tr, w_tr, scoring, shared)
     seed = _sweep_seed(est, seed)
-    tg, T, c, s = _scored_sweep(tune, targets if points else _tuning_grid(est, targets),
-                                method, seed, scoring, y_tr, w_tr)
+    tg, T, c, s = _scored_sweep(tune, _tuning_grid(est, targets, points), method, seed,
+                                scoring, y_tr, w_tr)
     hull, mixtures = _operating_points(c, s, targets, points)
     fit_time = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -290,8 +290,8 @@ def _fold(estimator, X, y, w, train, test, targets, method, scoring, seed, retur
         "score_time": score_time,
     }
     if return_train:
-        out["train_flops"] = _mixture_values(mixtures, c[hull])
-        out["train_score"] = _mixture_values(mixtures, s[hull])
+        out["train_flops"] = mixture_values(mixtures, c[hull])
+        out["train_score"] = mixture_values(mixtures, s[hull])
     return out
 
 
@@ -608,10 +608,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self._targets = targets
         self.shared_stage_outputs_ = False
         self.share_reason_ = None
-        self.method_ = self._resolve_method()
-        own = self.estimator.get_params(deep=False).get("threshold_search")
-        # an estimator that searches one target at a time serves each target's own point
-        self._points = own == "bisect" and self.method in (None, "bisect")
+        self.method_, self._points = self._resolve_method()
         if self.cv is None or (isinstance(self.cv, str) and self.cv == "prefit"):
             self._fit_in_sample(X, y, w, targets, scoring, rng)
         else:
@@ -619,11 +616,14 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         return self
 
     def _resolve_method(self):
-        """``method``, or the estimator's own search when ``method=None``."""
-        if self.method is not None:
-            return self.method
+        """``(method, points)``: ``method`` or the estimator's own search, and whether
+        each target is served by its own point (an estimator that searches one target
+        at a time, ``threshold_search="bisect"``) instead of from a hull."""
         own = self.estimator.get_params(deep=False).get("threshold_search")
-        return "coordinate" if own == "coordinate" else DEFAULT_METHOD
+        points = own == "bisect" and self.method in (None, "bisect")
+        if self.method is not None:
+            return self.method, points
+        return ("coordinate" if own == "coordinate" else DEFAULT_METHOD), points
 
     def _seeded_estimator(self, rng):
         """The estimator, with ``random_state`` fixed from the search's when it is None.
@@ -659,9 +659,9 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             _reset_operating_params(est)
             _fit_estimator(est, X, y, w)
             table = _tuning_table(est, X, y, w, scoring)
-        grid = targets if self._points else _tuning_grid(est, targets)
-        tg, T, c, s = _scored_sweep(table, grid, self.method_, _sweep_seed(est, seed), scoring,
-                                    y, w, progress=self._progress(None, f"{self.method_} search"))
+        tg, T, c, s = _scored_sweep(table, _tuning_grid(est, targets, self._points),
+                                    self.method_, _sweep_seed(est, seed), scoring, y, w,
+                                    progress=self._progress(None, f"{self.method_} search"))
         served, mixtures = _operating_points(c, s, targets, self._points)
         hull = upper_hull(c, s)
         fit_time = time.perf_counter() - t0
@@ -669,8 +669,8 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self.base_flops_, base_s = table.evaluate(np.ones(M1))
         self.base_score_ = float(s[-1]) if scoring.kind == "metric" else base_s
         fold = {
-            "test_flops": _mixture_values(mixtures, c[served]),
-            "test_score": _mixture_values(mixtures, s[served]),
+            "test_flops": mixture_values(mixtures, c[served]),
+            "test_score": mixture_values(mixtures, s[served]),
             "fit_time": fit_time,
             "score_time": 0.0,
         }
@@ -756,9 +756,9 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
                 _reset_operating_params(est)
                 _fit_estimator(est, X, y, w)
                 table = _tuning_table(est, X, y, w, scoring)
-            grid = targets if self._points else _tuning_grid(est, targets)
-            sweep_out = _scored_sweep(table, grid, self.method_,
-                                      _sweep_seed(est, int(seeds[-1])), scoring, y, w)
+            sweep_out = _scored_sweep(table, _tuning_grid(est, targets, self._points),
+                                      self.method_, _sweep_seed(est, int(seeds[-1])), scoring,
+                                      y, w)
             c, s, T = sweep_out[2], sweep_out[3], sweep_out[1]
             if self._points:  # each front row is served by its own target's point
                 front["thresholds"] = [T[r][None, :] for r in front_rows]
