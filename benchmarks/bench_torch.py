@@ -45,6 +45,18 @@ def _rss_mib(field):
     return float("nan")
 
 
+def _pooling(text):
+    """``--pooling`` as the estimator's ``pooling=``: a literal such as ``(8,2,2)`` or a name."""
+    import ast
+
+    if text is None:
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a named pooling such as "avg4"
+
+
 def memory_child(args):
     """Fit once in this (fresh) process; print data-loaded RSS and peak RSS."""
     import torch
@@ -58,7 +70,8 @@ def memory_child(args):
     stages = split_into_stages(net)
     before = _rss_mib("VmRSS")
     EarlyExitClassMeans(stages=stages, flops_target=0.3, batch_size=args.batch_size,
-                        pooling=args.pooling, random_state=0).fit(Xtr, ytr)
+                        pooling=_pooling(args.pooling), calibration=args.calibration,
+                        random_state=0).fit(Xtr, ytr)
     print(json.dumps({"rss_before_mib": before, "peak_mib": _rss_mib("VmHWM")}))
 
 
@@ -68,7 +81,10 @@ def main():
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--pooling", default=None)
+    p.add_argument("--pooling", default=None,
+                   help="pooling= of the estimator, e.g. '(8,2,2)' (paper §IV-B) or 'avg4'")
+    p.add_argument("--calibration", type=float, default=None,
+                   help="calibration= of the estimator (tune on a held-out fraction)")
     p.add_argument("--targets", type=float, nargs="+", default=[0.15, 0.2, 0.25, 0.3, 0.5])
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -92,7 +108,8 @@ def main():
 
     t0 = time.perf_counter()
     e2cm = EarlyExitClassMeans(stages=stages, flops_target=0.3, batch_size=bs,
-                               pooling=args.pooling, random_state=0)
+                               pooling=_pooling(args.pooling), calibration=args.calibration,
+                               random_state=0)
     e2cm.fit(Xtr, ytr)
     t_fit = time.perf_counter() - t0
     fit_times = dict(getattr(e2cm, "_fit_times", {}))
@@ -146,7 +163,8 @@ def main():
         [sys.executable, __file__, "--memory-child", "--epochs", str(args.epochs),
          "--batch-size", str(bs), "--threads", str(args.threads)]
         + (["--n-train", str(args.n_train)] if args.n_train else [])
-        + (["--pooling", args.pooling] if args.pooling else []),
+        + (["--pooling", args.pooling] if args.pooling else [])
+        + (["--calibration", str(args.calibration)] if args.calibration else []),
         capture_output=True, text=True, check=True,
     )
     mem = json.loads(mem.stdout.strip().splitlines()[-1])
@@ -206,7 +224,12 @@ def main():
         f"- memory overhead of the exits: {e2cm.memory_overhead_bytes_ / 2**20:.2f} MiB",
         "",
     ]
-    write("torch" if not args.pooling else f"torch_{args.pooling}", payload, "\n".join(md))
+    name = "torch"
+    if args.pooling:
+        name += "_pool" + "".join(c for c in args.pooling if c.isalnum())
+    if args.calibration:
+        name += f"_cal{args.calibration:g}"
+    write(name, payload, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "EarlyExitClassMeans": "sklearn_e2cm.early_exit",
     "FlopBudgetSearchCV": "sklearn_e2cm.search",
+    "InternalClassifierEarlyExit": "sklearn_e2cm.internal",
     "DEC": "sklearn_e2cm.cluster",
     "DECEarlyExit": "sklearn_e2cm.cluster",
     "TradeoffDisplay": "sklearn_e2cm.plotting",

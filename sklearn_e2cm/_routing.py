@@ -14,7 +14,7 @@ import numpy as np
 from ._memory import HeapGuard
 from ._thresholds import assign_rows, row_uniforms
 
-__all__ = ["RoutingResult", "route", "forward_all", "iter_stages"]
+__all__ = ["RoutingResult", "route", "decide", "forward_all", "iter_stages"]
 
 
 @dataclass
@@ -65,6 +65,22 @@ def _argmax_max(adapter, P):
         conf, idx = P.max(dim=1)
         return adapter.to_numpy(idx).astype(np.intp), adapter.to_numpy(conf)
     return P.argmax(axis=1), P.max(axis=1)
+
+
+def decide(adapter, head, F):
+    """Exit decision inputs of one head on a batch of stage vectors ``F``.
+
+    Returns ``(P, idx, conf)``: the head's class probabilities (backend
+    array), the predicted class indices and the exit confidence (numpy),
+    compared with the stage's threshold by the router (exit when
+    ``conf > T``). A head's ``decide(F)`` returns ``(P, conf)``; ``conf``
+    ``None`` means the largest probability (E²CM, eq. 6), which every head
+    without its own exit criterion uses.
+    """
+    dec = getattr(head, "decide", None)
+    P, conf = dec(F) if dec is not None else (head.proba(F), None)
+    idx, pmax = _argmax_max(adapter, P)
+    return P, idx, (pmax if conf is None else np.asarray(conf))
 
 
 def route(
@@ -136,8 +152,7 @@ def route(
             Tj = None if last else T[alive, j]
             if not last and np.all(Tj >= 1.0):
                 continue  # no threshold below 1: this head can never fire, skip it
-            P = heads[j].proba(adapter.stage_vector(j, Z))
-            idx, conf = _argmax_max(adapter, P)
+            P, idx, conf = decide(adapter, heads[j], adapter.stage_vector(j, Z))
             leave = np.ones(alive.shape[0], bool) if last else conf > Tj
             rows = alive[leave]
             pred[rows] = idx[leave]

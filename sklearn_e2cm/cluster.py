@@ -1471,9 +1471,10 @@ n_init, random_state, device, verbose
         return super().predict(X).astype(np.int64)
 
     def _staged_arrays(self, X):
-        """Per-stage predictions and max probabilities of validated ``X``, (N, M) each."""
-        preds, probas = self._staged(X)
-        return np.column_stack(preds), np.column_stack([P.max(axis=1) for P in probas])
+        """Per-stage predictions and exit confidences (max probabilities) of validated ``X``,
+        (N, M) each."""
+        preds, _, confs = self._staged(X)
+        return np.column_stack(preds), np.column_stack(confs)
 
     @staticmethod
     def _cluster_to_class(y, clusters):

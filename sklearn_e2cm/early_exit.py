@@ -29,7 +29,7 @@ from ._class_means import (
     whitened_head,
 )
 from ._memory import HeapGuard
-from ._routing import batch_uniforms, iter_stages, route
+from ._routing import batch_uniforms, decide, iter_stages, route
 from ._thresholds import (
     ExitTable,
     bisection_search,
@@ -340,21 +340,25 @@ class _EarlyExitBase:
             return self._staged_from(source())
 
     def _staged_from(self, batches):
-        """Per-stage predictions and probabilities of every row of ``batches``."""
+        """Per-stage predictions, probabilities and exit confidences of every row of ``batches``."""
         adapter = self._adapter
         M = self.n_stages_
         preds = [[] for _ in range(M)]
         probas = [[] for _ in range(M)]
+        confs = [[] for _ in range(M)]
         for items, _, _ in batches:
             for j, F, idx in items:
                 if idx is not None:  # the base model's own output
                     P = adapter.to_numpy(F)
+                    conf = P.max(axis=1)
                 else:
-                    P = adapter.to_numpy(self._heads[j].proba(F))
-                    idx = P.argmax(axis=1)
+                    P, idx, conf = decide(adapter, self._heads[j], F)
+                    P = adapter.to_numpy(P)
                 preds[j].append(np.asarray(idx))
                 probas[j].append(np.asarray(P, dtype=np.float64))
-        return [np.concatenate(p) for p in preds], [np.concatenate(p) for p in probas]
+                confs[j].append(np.asarray(conf, dtype=np.float64))
+        return ([np.concatenate(p) for p in preds], [np.concatenate(p) for p in probas],
+                [np.concatenate(c) for c in confs])
 
     def exit_table(self, X, y=None, sample_weight=None):
         """Per-stage exit arrays of this fitted estimator on new data (one forward pass).
@@ -380,11 +384,11 @@ class _EarlyExitBase:
             any threshold vector (``table.predict_indices(T)``).
         """
         X = self._validate_X(X)
-        preds, probas = self._staged(X)
-        return self._table_from_staged(preds, probas, y, sample_weight)
+        preds, _, confs = self._staged(X)
+        return self._table_from_staged(preds, confs, y, sample_weight)
 
-    def _table_from_staged(self, preds, probas, y, sample_weight):
-        conf = np.column_stack([P.max(axis=1) for P in probas])
+    def _table_from_staged(self, preds, confs, y, sample_weight):
+        conf = np.column_stack(confs)  # each head's exit confidence (E²CM: max probability)
         pred = np.column_stack(preds)
         if y is None:
             ref = pred[:, -1]
@@ -406,14 +410,14 @@ class _EarlyExitBase:
         last one is the base model's prediction when it ends in a classifier.
         """
         X = self._validate_X(X)
-        preds, _ = self._staged(X)
+        preds, _, _ = self._staged(X)
         for p in preds:
             yield self.classes_[p]
 
     def staged_predict_proba(self, X):
         """Exit probabilities of every stage for every sample (no early exit)."""
         X = self._validate_X(X)
-        _, probas = self._staged(X)
+        _, probas, _ = self._staged(X)
         yield from probas
 
 
@@ -968,9 +972,9 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
         """:meth:`exit_table` of rows ``rows`` of a shared pass (no stage runs)."""
         check_is_fitted(self)
         with shared.context():
-            preds, probas = self._staged_from(
+            preds, _, confs = self._staged_from(
                 shared.source(np.asarray(rows), None, self.batch_size)())
-        return self._table_from_staged(preds, probas, y, sample_weight)
+        return self._table_from_staged(preds, confs, y, sample_weight)
 
     def _check_covariance_size(self, adapter):
         for j, D in enumerate(np.asarray(adapter.vector_dims_)):

@@ -1,0 +1,686 @@
+"""InternalClassifierEarlyExit: trained internal classifiers (SDN, BranchyNet, BWDS), alone
+or combined with E²CM (paper §III-B).
+
+Internal classifiers (ICs) are small trained heads placed after a few stages of
+a frozen network: a feature reduction (the ``pooling`` of the stage output) and
+one linear layer, trained by minibatch Adam on the network's stage outputs
+while the network itself stays untouched. Three baselines of the paper are
+offered through ``method``:
+
+* ``"sdn"`` (Shallow-Deep Networks, Kaya et al. 2019): ICs after the stages at
+  15, 30, 45, 60, 75 and 90 % of the network's FLOPs; a sample exits when the
+  IC's largest class probability exceeds the exit's threshold.
+* ``"branchynet"`` (Teerapittayanon et al. 2016): exits after the first stage
+  and at a third of the FLOPs; a sample exits when the entropy of the IC's
+  prediction is low (its confidence ``1 - H / log K`` exceeds the threshold).
+  Unlike the original, the branches are linear heads trained on the frozen
+  network, not convolutional branches trained jointly with it.
+* ``"bwds"`` (Bolukbasi, Wang, Dekel & Saligrama 2017): as SDN, plus a
+  decision function per exit (a binary linear classifier on the same input,
+  trained separately after the ICs) that predicts whether leaving is safe:
+  the IC is right, or the base model is wrong too. A sample exits when that
+  probability exceeds the threshold.
+
+E²CM boosts any of them (paper §III-B): ``class_means=True`` concatenates the
+normalised distances to the class means (eq. 3-4) to the IC's input, and
+``combine`` consults E²CM at every exit: ``"and"`` (paper Table I) lets a
+sample leave only when the IC wants to exit *and* E²CM's own exit rule fires
+too; ``"or"`` (paper §III-B) lets it leave when either does, with the IC's
+prediction. To compare the two confidences on one threshold per exit, each
+is first mapped to its quantile on the tuning data (a 1001-point grid kept
+with the head); the combined confidence is the smaller (``"and"``) or the
+larger (``"or"``) of the two quantiles.
+
+Thresholds are chosen exactly as for :class:`~sklearn_e2cm.EarlyExitClassMeans`
+(paper §IV-A search, convex hull, time sharing) on cached per-exit arrays, and
+inference uses the same router with compaction.
+"""
+
+import math
+import numbers
+import time
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._class_means import _is_torch, _xp, head_flops, softmax
+from ._routing import iter_stages
+from .early_exit import (
+    EarlyExitClassMeans,
+    _activated,
+    _copy_input_attrs,
+    _EarlyExitBase,
+    _is_torch_stages,
+    _LabelIndex,
+    _progress,
+)
+from .stages._grouped import GroupedStages
+
+__all__ = ["InternalClassifierEarlyExit"]
+
+#: Default exit placement of each method: fractions of the network's FLOPs.
+_DEFAULT_EXITS = {
+    "sdn": (0.15, 0.30, 0.45, 0.60, 0.75, 0.90),
+    "bwds": (0.15, 0.30, 0.45, 0.60, 0.75, 0.90),
+    "branchynet": ("first", 1.0 / 3.0),
+}
+_DEFAULT_CRITERION = {"sdn": "max_proba", "branchynet": "entropy", "bwds": "decision"}
+_N_QUANTILES = 1001
+
+
+# --------------------------------------------------------------------------- backend helpers
+def _zeros(shape, like):
+    if _is_torch(like):
+        import torch
+
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+    return np.zeros(shape, dtype=like.dtype)
+
+
+def _as_backend(arr, like):
+    return _xp(like).asarray_like(arr, like)
+
+
+def _concat(parts):
+    if _is_torch(parts[0]):
+        import torch
+
+        return torch.cat(parts, dim=1)
+    return np.concatenate(parts, axis=1)
+
+
+def _to_numpy(a):
+    if _is_torch(a):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+class _LinearSoftmax:
+    """Multinomial logistic regression trained by minibatch Adam on backend arrays.
+
+    Works on numpy arrays and torch tensors alike (gradients written out, no
+    autograd: the stage outputs come from ``torch.inference_mode``). Inputs
+    are standardised with the mean and standard deviation of the first batch
+    it sees, so one learning rate suits stage outputs of any scale.
+    """
+
+    def __init__(self, n_out, learning_rate, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.n_out = n_out
+        self.lr = learning_rate
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.t = 0
+        self.W = None
+
+    def _init(self, V):
+        D = V.shape[1]
+        mu = V.mean(0)
+        sd = _xp(V).sqrt(((V - mu[None, :]) ** 2).mean(0))
+        # floor: a feature constant on the first batch must not blow up later
+        sd = _xp(V).clip_min(sd, 0.1 * float(_to_numpy(sd).mean()) + 1e-12)
+        self.mu, self.inv_sd = mu, 1.0 / sd
+        self.W = _zeros((self.n_out, D), V)
+        self.b = _zeros((self.n_out,), V)
+        self.mW, self.vW = _zeros((self.n_out, D), V), _zeros((self.n_out, D), V)
+        self.mb, self.vb = _zeros((self.n_out,), V), _zeros((self.n_out,), V)
+
+    def standardize(self, V):
+        return (V - self.mu[None, :]) * self.inv_sd[None, :]
+
+    def partial_fit(self, V, y_idx, sample_weight=None):
+        """One Adam step on the cross-entropy of a batch (class indices ``y_idx``)."""
+        if self.W is None:
+            self._init(V)
+        n = V.shape[0]
+        if n == 0:
+            return self
+        Vs = self.standardize(V)
+        G = softmax(Vs @ self.W.T + self.b[None, :])
+        rows = np.arange(n)
+        y_idx = np.asarray(y_idx)
+        if _is_torch(G):
+            import torch
+
+            rows = torch.as_tensor(rows, device=G.device)
+            y_idx = torch.as_tensor(y_idx, device=G.device)
+        G[rows, y_idx] -= 1.0
+        if sample_weight is None:
+            G = G / n
+        else:
+            w = _as_backend(np.asarray(sample_weight, dtype=np.float64), G)
+            G = G * (w / w.sum())[:, None]
+        gW, gb = G.T @ Vs, G.sum(0)
+        self.t += 1
+        ops = _xp(G)
+        c1 = 1.0 - self.beta1 ** self.t
+        c2 = 1.0 - self.beta2 ** self.t
+        for p, g, m, v in ((self.W, gW, self.mW, self.vW), (self.b, gb, self.mb, self.vb)):
+            m *= self.beta1
+            m += (1.0 - self.beta1) * g
+            v *= self.beta2
+            v += (1.0 - self.beta2) * g * g
+            p -= self.lr * (m / c1) / (ops.sqrt(v / c2) + self.eps)
+        return self
+
+    def export(self):
+        """``(W, b)`` of the layer on standardised-free inputs, as float64 numpy."""
+        W = _to_numpy(self.W).astype(np.float64) * _to_numpy(self.inv_sd).astype(np.float64)
+        b = _to_numpy(self.b).astype(np.float64) - W @ _to_numpy(self.mu).astype(np.float64)
+        return W, b
+
+
+def _quantile_map(values, grid):
+    """Step CDF of the tuning values on a quantile grid (monotone, in [0, 1])."""
+    return np.searchsorted(grid, values, side="right") / grid.shape[0]
+
+
+class _ICHead:
+    """Exit head of one exit: an internal classifier, optionally boosted by E²CM.
+
+    ``W``, ``b``: the linear layer on the head's input (the stage vector,
+    followed by the E²CM distances ``d / s`` when ``e2cm_input``);
+    ``criterion``: ``"max_proba"``, ``"entropy"`` or ``"decision"`` (with
+    ``Wd``, ``bd`` the decision function); ``e2cm``: the stage's class-means
+    :class:`~sklearn_e2cm._class_means.ExitHead` (for the input distances
+    and/or ``combine``).
+    """
+
+    def __init__(self, W, b, criterion, e2cm=None, e2cm_input=False, Wd=None, bd=None,
+                 combine=None):
+        self.W, self.b = W, b
+        self.criterion = criterion
+        self.e2cm = e2cm
+        self.e2cm_input = e2cm_input
+        self.Wd, self.bd = Wd, bd
+        self.combine = combine
+        self.q_ic = self.q_e2cm = None
+        self._cache = {}
+
+    @property
+    def n_classes(self):
+        return self.W.shape[0]
+
+    @property
+    def n_features(self):
+        return self.W.shape[1] - (self.n_classes if self.e2cm_input else 0)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
+    def _params(self, like):
+        key = (type(like).__module__, str(like.dtype), str(getattr(like, "device", "")))
+        if key not in self._cache:
+            p = [_as_backend(self.W, like), _as_backend(self.b, like)]
+            if self.Wd is not None:
+                p += [_as_backend(self.Wd, like), _as_backend(self.bd, like)]
+            self._cache[key] = p
+        return self._cache[key]
+
+    def inputs(self, F, d=None):
+        """The IC's input: the stage vector, then ``d / s`` when ``e2cm_input``."""
+        if not self.e2cm_input:
+            return F
+        if d is None:
+            d = self.e2cm.distances(F)
+        return _concat([F, -self.e2cm.scores_from_distances(d)])
+
+    def raw(self, F):
+        """``(P, IC confidence, E²CM confidence or None)`` before any combination."""
+        params = self._params(F)
+        W, b = params[0], params[1]
+        d = self.e2cm.distances(F) if (self.e2cm_input or self.combine) else None
+        V = self.inputs(F, d)
+        P = softmax(V @ W.T + b[None, :])
+        if self.criterion == "max_proba":
+            conf = P.max(1)
+            conf = conf.values if hasattr(conf, "values") else conf
+        elif self.criterion == "entropy":
+            ops = _xp(P)
+            logp = ops.clip_min(P, 1e-30)
+            logp = logp.log() if _is_torch(logp) else np.log(logp)
+            H = -(P * logp).sum(1)
+            conf = 1.0 - H / math.log(self.n_classes)
+        else:  # "decision": probability that leaving here is safe
+            Wd, bd = params[2], params[3]
+            conf = softmax(V @ Wd.T + bd[None, :])[:, 1]
+        conf_e = None
+        if self.combine:
+            Pe = self.e2cm.proba_from_distances(d)
+            conf_e = Pe.max(1)
+            conf_e = _to_numpy(conf_e.values if hasattr(conf_e, "values") else conf_e)
+        return P, _to_numpy(conf).astype(np.float64), conf_e
+
+    def combined(self, conf, conf_e):
+        """The exit confidence compared with the threshold."""
+        if not self.combine:
+            return conf
+        qi = _quantile_map(conf, self.q_ic)
+        qe = _quantile_map(np.asarray(conf_e, dtype=np.float64), self.q_e2cm)
+        return np.minimum(qi, qe) if self.combine == "and" else np.maximum(qi, qe)
+
+    def set_quantiles(self, conf, conf_e):
+        levels = np.linspace(0.0, 1.0, _N_QUANTILES)
+        self.q_ic = np.quantile(conf, levels)
+        self.q_e2cm = np.quantile(np.asarray(conf_e, dtype=np.float64), levels)
+
+    def decide(self, F):
+        P, conf, conf_e = self.raw(F)
+        return P, self.combined(conf, conf_e)
+
+    def proba(self, F):
+        return self.raw(F)[0]
+
+    def flops(self):
+        """Per-sample FLOPs of the head (multiply-add = 2) and of its exit decision."""
+        K, D_in = self.W.shape
+        f = 2 * K * D_in + K + 5 * K  # linear layer, softmax
+        f += {"max_proba": K + 1, "entropy": 3 * K + 3}.get(self.criterion, 0)
+        if self.criterion == "decision":
+            f += 2 * 2 * D_in + 2 + 10 + 1
+        if self.e2cm is not None and (self.e2cm_input or self.combine):
+            f += head_flops(self.e2cm.n_features, K, "euclidean", self.e2cm.scale is not None)
+        if self.combine:
+            f += 2 * int(math.ceil(math.log2(_N_QUANTILES))) + 1
+        return float(f)
+
+    def nbytes(self, itemsize=8):
+        n = self.W.size + self.b.size
+        if self.Wd is not None:
+            n += self.Wd.size + self.bd.size
+        b = n * itemsize
+        if self.e2cm is not None and (self.e2cm_input or self.combine):
+            b += self.e2cm.nbytes(itemsize)
+        if self.combine:
+            b += 2 * _N_QUANTILES * 8
+        return int(b)
+
+
+class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator):
+    """Early exits by trained internal classifiers (SDN / BranchyNet / BWDS), optionally
+    combined with E²CM.
+
+    The network is frozen: only the internal classifiers (a linear layer on
+    each exit's pooled stage output) and, for BWDS, the decision functions are
+    trained, by minibatch Adam for ``epochs`` passes over the training data.
+    With ``class_means=True`` and/or ``combine``, the class means of every
+    exit are fitted first (one pass, as :class:`EarlyExitClassMeans`).
+
+    Parameters
+    ----------
+    stages : list, Pipeline or torch module
+        The staged model, as for :class:`EarlyExitClassMeans`.
+    method : {"sdn", "branchynet", "bwds"}, default="sdn"
+        Baseline; sets the default exit placement and exit criterion (see the
+        module docstring).
+    exit_at : None or sequence of int or float, default=None
+        Where the exits go: stage indices (ints in ``[0, n_stages - 2]``) or
+        fractions of the network's FLOPs (floats in (0, 1); each goes to the
+        stage whose cumulative cost is closest). ``None``: the method's
+        default placement.
+    criterion : {"max_proba", "entropy"} or None, default=None
+        Exit criterion of the ICs (``None``: the method's own; BWDS always
+        uses its decision functions).
+    epochs : int, default=1
+        Passes over the training data to train the ICs (and, for BWDS, as
+        many again for the decision functions).
+    learning_rate : float, default=1e-3
+        Adam step size (inputs are standardised per feature).
+    class_means : bool, default=False
+        Concatenate the normalised distances to the class means (eq. 3-4) to
+        every IC's input (paper §III-B).
+    combine : {None, "and", "or"}, default=None
+        Consult E²CM at every exit (see the module docstring).
+    flops_target, thresholds, threshold_search, n_targets :
+        As for :class:`EarlyExitClassMeans`; thresholds are in [0, 1] (the
+        criterion's confidence, or a quantile when combined).
+    pooling : as for :class:`EarlyExitClassMeans`, default=None
+        Feature reduction of the stage outputs before the ICs (and the
+        class means).
+    calibration : None, float or int, default=None
+        Tune thresholds on the training data (``None``, as the paper) or on
+        a held-out part of it.
+    final_classifier : "auto" or bool, default="auto"
+    batch_size : int, default=256
+    device : str, default="cpu"
+    random_state : int, RandomState instance or None, default=None
+        Seeds the shuffling of the training data, the threshold search and
+        time sharing.
+    verbose : int, default=0
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    exit_stages_ : ndarray of int
+        Stage indices (of the network) after which an exit is placed; the
+        last entry is the network's last stage.
+    n_stages_ : int
+        Number of exits, the final one included (the routing stages).
+    thresholds_, mixture_thresholds_, mixture_weights_, stage_flops_,
+    exit_flops_, cumulative_cost_, expected_flops_, expected_accuracy_,
+    tradeoff_, memory_overhead_bytes_ :
+        As for :class:`EarlyExitClassMeans`, per exit (``stage_flops_`` sums
+        the network's stages between two exits).
+    class_means_ : list of ndarray or None
+        Class means per exit when E²CM is used.
+    train_accuracy_ : ndarray of shape (n_exits,)
+        Accuracy of every exit's classifier on the tuning data (the base
+        model's at the end when it is a classifier).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.kernel_approximation import Nystroem
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> X, y = load_digits(return_X_y=True)
+    >>> stages = [StandardScaler(), Nystroem(n_components=300, random_state=0),
+    ...           LogisticRegression(max_iter=500)]
+    >>> ic = InternalClassifierEarlyExit(stages, exit_at=[0, 1], epochs=10,
+    ...                                  flops_target=0.5, random_state=0).fit(X, y)
+    >>> ic.exit_stages_.tolist()  # an IC after stages 0 and 1, the base model at the end
+    [0, 1, 2]
+    >>> r = ic.route(X)
+    >>> bool(abs(r.flops.mean() - 0.5) < 0.01)
+    True
+    """
+
+    _parameter_constraints = {
+        "stages": "no_validation",
+        "method": [StrOptions({"sdn", "branchynet", "bwds"})],
+        "exit_at": ["array-like", None],
+        "criterion": [StrOptions({"max_proba", "entropy"}), None],
+        "epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "class_means": ["boolean"],
+        "combine": [StrOptions({"and", "or"}), None],
+        "flops_target": [Interval(numbers.Real, 0, 1, closed="right"), None],
+        "thresholds": ["array-like", None],
+        "threshold_search": [StrOptions({"hull", "coordinate", "bisect"})],
+        "n_targets": [Interval(numbers.Integral, 2, None, closed="left")],
+        "pooling": "no_validation",
+        "calibration": [
+            Interval(numbers.Real, 0, 1, closed="neither"),
+            Interval(numbers.Integral, 1, None, closed="left"),
+            None,
+        ],
+        "final_classifier": [StrOptions({"auto"}), "boolean"],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "device": "no_validation",
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        stages=None,
+        *,
+        method="sdn",
+        exit_at=None,
+        criterion=None,
+        epochs=1,
+        learning_rate=1e-3,
+        class_means=False,
+        combine=None,
+        flops_target=None,
+        thresholds=None,
+        threshold_search="hull",
+        n_targets=1000,
+        pooling=None,
+        calibration=None,
+        final_classifier="auto",
+        batch_size=256,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+    ):
+        self.stages = stages
+        self.method = method
+        self.exit_at = exit_at
+        self.criterion = criterion
+        self.epochs = epochs
+        self.learning_rate = learning_rate
+        self.class_means = class_means
+        self.combine = combine
+        self.flops_target = flops_target
+        self.thresholds = thresholds
+        self.threshold_search = threshold_search
+        self.n_targets = n_targets
+        self.pooling = pooling
+        self.calibration = calibration
+        self.final_classifier = final_classifier
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = not _is_torch_stages(self.stages)
+        tags.input_tags.allow_nan = False
+        tags.classifier_tags.poor_score = True
+        return tags
+
+    # --------------------------------------------------------------- helpers
+    def _helper(self, random_state=None):
+        """An EarlyExitClassMeans sharing this estimator's stages and data handling."""
+        return EarlyExitClassMeans(
+            stages=self.stages, pooling=self.pooling, calibration=self.calibration,
+            final_classifier=self.final_classifier, batch_size=self.batch_size,
+            device=self.device, random_state=random_state, verbose=self.verbose,
+        )
+
+    def _resolve_exits(self, base):
+        """Sorted unique base-stage indices of the exits (the final stage excluded)."""
+        M = base.n_stages
+        spec = self.exit_at
+        if M == 1 and spec is None:
+            return []  # the input is the only stage: one classifier, nothing to exit from
+        if spec is None:
+            spec = _DEFAULT_EXITS[self.method]
+        cum = np.cumsum(np.asarray(base.stage_flops_, dtype=np.float64))
+        total = cum[-1] if cum[-1] > 0 else 1.0
+        out = []
+        for s in list(spec):
+            if isinstance(s, str) and s == "first":
+                j = 0
+            elif isinstance(s, (numbers.Integral, np.integer)) and not isinstance(s, bool):
+                j = int(s)
+                if not 0 <= j <= M - 2:
+                    raise ValueError(
+                        f"exit_at contains stage {j}; exits go after stages 0 .. {M - 2} "
+                        f"(the network has {M} stages and always exits at the last)."
+                    )
+            elif isinstance(s, (numbers.Real, np.floating)) and not isinstance(s, bool):
+                if not 0 < float(s) < 1:
+                    raise ValueError(
+                        f"exit_at fractions must lie in (0, 1) (a share of the network's "
+                        f"FLOPs); got {s!r}."
+                    )
+                j = int(np.argmin(np.abs(cum[:-1] / total - float(s)))) if M > 1 else 0
+            else:
+                raise ValueError(
+                    f"exit_at entries must be stage indices (int) or FLOP fractions (float); "
+                    f"got {s!r}."
+                )
+            out.append(j)
+        return sorted(set(out))
+
+    def _validate_X(self, X):
+        check_is_fitted(self)
+        return self._input._validate_X(X)
+
+    # ------------------------------------------------------------------- fit
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y=None, sample_weight=None):
+        """Train the internal classifiers on the frozen network and choose the thresholds.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...) or torch tensor
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self : object
+        """
+        rng = check_random_state(self.random_state)
+        helper = self._helper(rng.randint(np.iinfo(np.int32).max))
+        base = helper._make_adapter()
+        X, y, sample_weight, streaming = helper._validate_fit_input(base, X, y, sample_weight)
+        if streaming:
+            raise ValueError(
+                "InternalClassifierEarlyExit trains on array or tensor input (it shuffles the "
+                "rows every epoch); a DataLoader is not supported."
+            )
+        if self.method == "bwds" and self.criterion is not None:
+            raise ValueError(
+                f"method='bwds' exits by its decision functions; criterion={self.criterion!r} "
+                "applies to 'sdn' and 'branchynet' only (leave it None)."
+            )
+        fit_idx, tune_idx = helper._calibration_split(y, rng, False)
+        X_fit, y_fit, w_fit = X, y, sample_weight
+        X_tune, y_tune, w_tune = X, y, sample_weight
+        if tune_idx is not None:
+            X_fit, y_fit = helper._take(X, fit_idx), y[fit_idx]
+            X_tune, y_tune = helper._take(X, tune_idx), y[tune_idx]
+            if sample_weight is not None:
+                w_fit, w_tune = sample_weight[fit_idx], sample_weight[tune_idx]
+        classes = np.unique(y)
+        labels = _LabelIndex(classes)
+        helper._fit_adapter(base, X_fit, y_fit, w_fit, labels, False)
+        helper._adapter = base
+        self._input = helper  # validates predict-time input as fit did
+        _copy_input_attrs(helper, self)
+        self.classes_ = classes
+        K = len(classes)
+
+        exits = self._resolve_exits(base)
+        grouped = GroupedStages(base, exits)
+        self.exit_stages_ = np.asarray(grouped.ends)
+        G = grouped.n_stages
+        n_ic = G - 1 if grouped.final_is_classifier else G  # exits with an IC
+        criterion = "decision" if self.method == "bwds" else (
+            self.criterion or _DEFAULT_CRITERION[self.method])
+        self._fit_times = {}
+
+        # ---- class means of every exit (E²CM), when used
+        e2cm_heads = [None] * G
+        self.class_means_ = None
+        if self.class_means or self.combine:
+            t0 = time.perf_counter()
+            cm = EarlyExitClassMeans(
+                pooling=self.pooling, batch_size=self.batch_size, device=self.device,
+                random_state=rng.randint(np.iinfo(np.int32).max), verbose=self.verbose)
+            src = cm._forward_source(grouped, X_fit, y_fit, "IC fit (class means)")
+            cm._fit_from_sources(grouped, _LabelIndex(classes), False, src, w_fit, None, None,
+                                 None, len(y_fit), check_random_state(0), cache_ok=True)
+            e2cm_heads = list(cm._heads)
+            self.class_means_ = cm.class_means_
+            self._fit_times["class means"] = time.perf_counter() - t0
+
+        # ---- train the internal classifiers, then (BWDS) the decision functions
+        y_fit_idx = np.searchsorted(classes, y_fit)
+        t0 = time.perf_counter()
+        ics = [_LinearSoftmax(K, self.learning_rate) for _ in range(n_ic)]
+        e2cm_input = bool(self.class_means)
+        tmp_heads = [_ICHead(None, None, criterion, e2cm_heads[g], e2cm_input) for g in range(n_ic)]
+
+        def train(models, target, desc):
+            with _activated(grouped):
+                for epoch in range(self.epochs):
+                    order = rng.permutation(len(y_fit_idx))
+                    Xe = helper._take(X_fit, order)
+                    ye = y_fit_idx[order]
+                    we = None if w_fit is None else w_fit[order]
+                    start = 0
+                    prog = _progress(self.verbose, f"{desc} (epoch {epoch + 1}/{self.epochs})")
+                    batches = grouped.batches(Xe, None, self.batch_size)
+                    for Xb, _ in (prog(batches) if prog else batches):
+                        n = grouped.n_rows(Xb)
+                        yb = ye[start:start + n]
+                        wb = None if we is None else we[start:start + n]
+                        start += n
+                        need_final = target is not None and grouped.final_is_classifier
+                        feats, final_idx = [], None
+                        for g, F, idx in iter_stages(grouped, Xb, G if need_final else n_ic):
+                            if idx is not None:
+                                final_idx = idx
+                            elif g < n_ic:
+                                feats.append(tmp_heads[g].inputs(F))
+                        for g, V in enumerate(feats):
+                            t = yb if target is None else target(g, V, yb, final_idx)
+                            models[g].partial_fit(V, t, wb)
+
+        train(ics, None, "IC training")
+        for g, m in enumerate(ics):
+            tmp_heads[g].W, tmp_heads[g].b = m.export()
+        if criterion == "decision":
+            decisions = [_LinearSoftmax(2, self.learning_rate) for _ in range(n_ic)]
+
+            def safe(g, V, yb, final_idx):
+                P = softmax(V @ _as_backend(tmp_heads[g].W, V).T
+                            + _as_backend(tmp_heads[g].b, V)[None, :])
+                pred = _to_numpy(P.argmax(1))
+                ok = pred == yb
+                if final_idx is not None:
+                    ok |= np.asarray(final_idx) != yb  # the base model is wrong too
+                return ok.astype(np.intp)
+
+            train(decisions, safe, "BWDS decision functions")
+            for g, m in enumerate(decisions):
+                tmp_heads[g].Wd, tmp_heads[g].bd = m.export()
+        self._fit_times["training"] = time.perf_counter() - t0
+        heads = []
+        for g in range(G):
+            if g < n_ic:
+                h = tmp_heads[g]
+                heads.append(_ICHead(h.W, h.b, criterion, e2cm_heads[g], e2cm_input, h.Wd, h.bd,
+                                     self.combine))
+            else:
+                heads.append(None)  # the base model's own classifier decides
+
+        # ---- tuning pass: every exit's prediction and confidence
+        t0 = time.perf_counter()
+        N = len(y_tune)
+        conf = np.zeros((N, G))
+        conf_e = np.zeros((N, G))
+        pred = np.zeros((N, G), dtype=np.intp)
+        start = 0
+        with _activated(grouped):
+            for Xb, _ in grouped.batches(X_tune, None, self.batch_size):
+                n = grouped.n_rows(Xb)
+                for g, F, idx in iter_stages(grouped, Xb):
+                    if idx is not None:
+                        pred[start:start + n, g] = idx
+                        conf[start:start + n, g] = _to_numpy(F).max(axis=1)
+                        continue
+                    P, c, ce = heads[g].raw(F)
+                    pred[start:start + n, g] = _to_numpy(P.argmax(1))
+                    conf[start:start + n, g] = c
+                    if ce is not None:
+                        conf_e[start:start + n, g] = ce
+                start += n
+        if self.combine:
+            for g in range(n_ic):
+                heads[g].set_quantiles(conf[:, g], conf_e[:, g])
+                conf[:, g] = heads[g].combined(conf[:, g], conf_e[:, g])
+        self._fit_times["tuning pass"] = time.perf_counter() - t0
+        correct = pred == np.searchsorted(classes, y_tune)[:, None]
+        self.train_accuracy_ = correct.mean(axis=0)
+        if self.flops_target is not None and np.all(self.train_accuracy_[:-1] < 1.0 / K + 0.05):
+            warnings.warn(
+                "The internal classifiers are barely better than chance on the tuning data "
+                f"(accuracy {np.round(self.train_accuracy_[:-1], 3).tolist()}); train them for "
+                "more epochs or with another learning_rate.", UserWarning, stacklevel=2)
+        self._finish(grouped, heads, conf, correct, w_tune, rng)
+        return self
+
+    def _finish(self, grouped, heads, conf, correct, w, rng):
+        """Cost model and operating point, by the machinery shared with E²CM."""
+        self._finish_fit(grouped, heads, grouped.stage_flops_, conf, correct, w, rng)

@@ -1,0 +1,144 @@
+"""A stage adapter whose stages are runs of another adapter's stages.
+
+Early-exit methods with trained internal classifiers (SDN, BranchyNet, BWDS)
+place exits after a few chosen stages only. :class:`GroupedStages` merges the
+stages between two exits into one, so that every stage of the grouped view
+ends in an exit and the router, the exit tables and the cost model serve it
+unchanged: grouped stage ``g`` runs the base stages ``exits[g-1]+1 ..
+exits[g]``; the last grouped stage runs the rest of the network.
+"""
+
+import contextlib
+
+import numpy as np
+
+from .base import StageAdapter
+
+__all__ = ["GroupedStages"]
+
+
+class GroupedStages(StageAdapter):
+    """View of a fitted :class:`StageAdapter` with exits after ``exits`` only.
+
+    Parameters
+    ----------
+    base : StageAdapter
+        A fitted adapter (its FLOPs and vector sizes are known).
+    exits : sequence of int
+        Base stage indices, strictly increasing, in ``[0, base.n_stages - 2]``,
+        after which an exit is placed. The last base stage always ends the
+        last grouped stage.
+    """
+
+    def __init__(self, base, exits):
+        M = base.n_stages
+        exits = [int(e) for e in exits]
+        if any(b <= a for a, b in zip(exits, exits[1:])) or (
+                exits and (exits[0] < 0 or exits[-1] > M - 2)):
+            raise ValueError(
+                f"exits must be strictly increasing stage indices in [0, {M - 2}]; got {exits}."
+            )
+        self.base = base
+        self.exits = exits
+        self.ends = exits + [M - 1]  # last base stage of every group
+        self.starts = [0] + [e + 1 for e in exits]
+        self.backend = base.backend
+
+    # ------------------------------------------------------------ properties
+    @property
+    def n_stages(self):
+        return len(self.ends)
+
+    @property
+    def final_is_classifier(self):
+        return self.base.final_is_classifier
+
+    @property
+    def frozen(self):
+        return self.base.frozen
+
+    def _group_sum(self, values):
+        v = np.asarray(values, dtype=np.float64)
+        return np.array([v[s:e + 1].sum() for s, e in zip(self.starts, self.ends)])
+
+    @property
+    def stage_flops_(self):
+        return self._group_sum(self.base.stage_flops_)
+
+    @property
+    def vector_flops_(self):
+        return np.asarray(self.base.vector_flops_, dtype=np.float64)[self.ends]
+
+    @property
+    def vector_dims_(self):
+        return np.asarray(self.base.vector_dims_)[self.ends]
+
+    @property
+    def cost_errors_(self):
+        errors = getattr(self.base, "cost_errors_", {}) or {}
+        out = {}
+        for g, (s, e) in enumerate(zip(self.starts, self.ends)):
+            for j in range(s, e + 1):
+                if j in errors:
+                    out.setdefault(g, errors[j])
+        return out
+
+    def __getattr__(self, name):
+        # input attributes and the like (input_shape_, n_outputs_, device_...) of the base
+        if name.startswith("__") or name in ("base", "exits", "ends", "starts"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    # --------------------------------------------------------------- running
+    def fit(self, X, y=None, sample_weight=None):
+        """The base adapter is fitted already; nothing to do."""
+        return self
+
+    def activate(self):
+        act = getattr(self.base, "activate", None)
+        return act() if act is not None else contextlib.nullcontext()
+
+    def batches(self, X, y=None, batch_size=None):
+        return self.base.batches(X, y, batch_size)
+
+    def run_stage(self, g, Z):
+        stop = self.ends[g]
+        if g == self.n_stages - 1 and self.final_is_classifier:
+            stop -= 1  # the base model's classifier runs in final_outputs
+        for j in range(self.starts[g], stop + 1):
+            Z = self.base.run_stage(j, Z)
+        return Z
+
+    def stage_vector(self, g, Z):
+        return self.base.stage_vector(self.ends[g], Z)
+
+    def final_outputs(self, Z):
+        # the router calls this on the last group's input: run the group but the classifier
+        Z = self.run_stage(self.n_stages - 1, Z)
+        return self.base.final_outputs(Z)
+
+    def take(self, Z, keep):
+        return self.base.take(Z, keep)
+
+    def n_rows(self, Z):
+        return self.base.n_rows(Z)
+
+    def to_numpy(self, a):
+        return self.base.to_numpy(a)
+
+    def set_classes(self, classes):
+        self.base.set_classes(classes)
+        return self
+
+    @property
+    def classes_(self):
+        return self.base.classes_
+
+    def __getstate__(self):
+        return self.__dict__.copy()
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def __repr__(self):
+        return f"GroupedStages({self.base!r}, exits={self.exits})"
