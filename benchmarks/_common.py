@@ -78,6 +78,32 @@ def stage_times(stages, X, batch_size):
     return times / len(X)
 
 
+def head_times(est, X, batch_size):
+    """Per-sample wall time of every exit head of a fitted estimator, on full batches.
+
+    The head's work is the stage vector (pooling) and the exit decision
+    (distances, normalisation, softmax, max); the stages themselves run
+    untimed. The last stage of a network ending in its classifier has no
+    head (0).
+    """
+    import torch
+
+    from sklearn_e2cm._routing import decide
+
+    ad, heads = est._adapter, est._heads
+    M = ad.n_stages
+    times = np.zeros(M)
+    with ad.activate():
+        for s in range(0, len(X), batch_size):
+            z = torch.from_numpy(X[s:s + batch_size])
+            for j in range(M - 1 if ad.final_is_classifier else M):
+                z = ad.run_stage(j, z)
+                t0 = time.perf_counter()
+                decide(ad, heads[j], ad.stage_vector(j, z))
+                times[j] += time.perf_counter() - t0
+    return times / len(X)
+
+
 def machine():
     import torch
 

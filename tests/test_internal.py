@@ -11,6 +11,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_e2cm import EarlyExitClassMeans, InternalClassifierEarlyExit
 from sklearn_e2cm.stages._grouped import GroupedStages
@@ -216,3 +217,32 @@ def test_unreachable_budget_warns_and_serves_the_cheapest_point(digits):
     assert both.cumulative_cost_[0] > 1.0
     assert both.expected_flops_ == pytest.approx(min(1.0, both.tradeoff_["flops"].min()))
     assert both.score(Xte, yte) > 0.9
+
+
+@parametrize_with_checks(
+    [
+        InternalClassifierEarlyExit(epochs=3, n_targets=50, random_state=0),
+        InternalClassifierEarlyExit(stages=[StandardScaler(), LogisticRegression()],
+                                    exit_at=[0], epochs=3, flops_target=0.8, n_targets=50,
+                                    random_state=0),
+    ],
+    # minibatch training: a weight of 2 scales a row's gradient, a duplicated row changes
+    # which rows share a batch, so the two fits differ slightly (as for SGDClassifier)
+    expected_failed_checks=lambda est: {
+        "check_sample_weight_equivalence_on_dense_data":
+            "minibatch Adam: weights and duplicated rows give different batches"},
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def test_flop_budget_search_accepts_it(digits):
+    Xtr, Xte, ytr, yte = digits
+    from sklearn_e2cm import FlopBudgetSearchCV
+
+    est = InternalClassifierEarlyExit(_stages(), exit_at=[0, 1, 2], epochs=3, n_targets=100,
+                                      random_state=0)
+    search = FlopBudgetSearchCV(est, flops_targets=50, cv=3, budget=0.9,
+                                random_state=0).fit(Xtr, ytr)
+    assert search.best_estimator_.expected_flops_ <= 0.9 + 1e-9
+    assert search.best_estimator_.score(Xte, yte) > 0.8
