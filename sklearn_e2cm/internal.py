@@ -135,8 +135,8 @@ class _LinearSoftmax:
         if self.W is None:
             self._init(V)
         n = V.shape[0]
-        if n == 0:
-            return self
+        if n == 0 or (sample_weight is not None and not np.sum(sample_weight) > 0):
+            return self  # nothing to learn from this batch
         Vs = self.standardize(V)
         G = softmax(Vs @ self.W.T + self.b[None, :])
         rows = np.arange(n)
@@ -221,20 +221,25 @@ class _ICHead:
             self._cache[key] = p
         return self._cache[key]
 
-    def inputs(self, F, d=None):
-        """The IC's input: the stage vector, then ``d / s`` when ``e2cm_input``."""
+    def inputs(self, F, S=None):
+        """The IC's input: the stage vector, then the E²CM distances when ``e2cm_input``.
+
+        The distances are ``-scores`` of the class-means head: ``d / s``
+        (eq. 3-4) for the Euclidean metric, the negated linear-discriminant
+        scores for the whitened one.
+        """
         if not self.e2cm_input:
             return F
-        if d is None:
-            d = self.e2cm.distances(F)
-        return _concat([F, -self.e2cm.scores_from_distances(d)])
+        if S is None:
+            S = self.e2cm.scores(F)
+        return _concat([F, -S])
 
     def raw(self, F):
         """``(P, IC confidence, E²CM confidence or None)`` before any combination."""
         params = self._params(F)
         W, b = params[0], params[1]
-        d = self.e2cm.distances(F) if (self.e2cm_input or self.combine) else None
-        V = self.inputs(F, d)
+        S = self.e2cm.scores(F) if (self.e2cm_input or self.combine) else None
+        V = self.inputs(F, S)
         P = softmax(V @ W.T + b[None, :])
         if self.criterion == "max_proba":
             conf = P.max(1)
@@ -250,8 +255,7 @@ class _ICHead:
             conf = softmax(V @ Wd.T + bd[None, :])[:, 1]
         conf_e = None
         if self.combine:
-            Pe = self.e2cm.proba_from_distances(d)
-            conf_e = Pe.max(1)
+            conf_e = softmax(S).max(1)
             conf_e = _to_numpy(conf_e.values if hasattr(conf_e, "values") else conf_e)
         return P, _to_numpy(conf).astype(np.float64), conf_e
 
@@ -283,7 +287,8 @@ class _ICHead:
         if self.criterion == "decision":
             f += 2 * 2 * D_in + 2 + 10 + 1
         if self.e2cm is not None and (self.e2cm_input or self.combine):
-            f += head_flops(self.e2cm.n_features, K, "euclidean", self.e2cm.scale is not None)
+            f += head_flops(self.e2cm.n_features, K, self.e2cm.metric,
+                            self.e2cm.scale is not None)
         if self.combine:
             f += 2 * int(math.ceil(math.log2(_N_QUANTILES))) + 1
         return float(f)
@@ -335,6 +340,10 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
         every IC's input (paper §III-B).
     combine : {None, "and", "or"}, default=None
         Consult E²CM at every exit (see the module docstring).
+    metric : {"euclidean", "mahalanobis"}, default="euclidean"
+        Distance of the class-means exits used by ``class_means`` and
+        ``combine``, as for :class:`EarlyExitClassMeans` (``"mahalanobis"``
+        wants pooled stage outputs).
     flops_target, thresholds, threshold_search, n_targets :
         As for :class:`EarlyExitClassMeans`; thresholds are in [0, 1] (the
         criterion's confidence, or a quantile when combined).
@@ -398,6 +407,7 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
         "class_means": ["boolean"],
         "combine": [StrOptions({"and", "or"}), None],
+        "metric": [StrOptions({"euclidean", "mahalanobis"})],
         "flops_target": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "thresholds": ["array-like", None],
         "threshold_search": [StrOptions({"hull", "coordinate", "bisect"})],
@@ -426,6 +436,7 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
         learning_rate=1e-3,
         class_means=False,
         combine=None,
+        metric="euclidean",
         flops_target=None,
         thresholds=None,
         threshold_search="hull",
@@ -446,6 +457,7 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
         self.learning_rate = learning_rate
         self.class_means = class_means
         self.combine = combine
+        self.metric = metric
         self.flops_target = flops_target
         self.thresholds = thresholds
         self.threshold_search = threshold_search
@@ -575,7 +587,8 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
         if self.class_means or self.combine:
             t0 = time.perf_counter()
             cm = EarlyExitClassMeans(
-                pooling=self.pooling, batch_size=self.batch_size, device=self.device,
+                metric=self.metric, pooling=self.pooling, batch_size=self.batch_size,
+                device=self.device,
                 random_state=rng.randint(np.iinfo(np.int32).max), verbose=self.verbose)
             src = cm._forward_source(grouped, X_fit, y_fit, "IC fit (class means)")
             cm._fit_from_sources(grouped, _LabelIndex(classes), False, src, w_fit, None, None,

@@ -51,12 +51,14 @@ def _brute_conf(head, F):
     for x in F:
         v = x
         if head.e2cm is not None and (head.e2cm_input or head.combine):
-            d = np.sqrt(((head.e2cm.means - x[None, :]) ** 2).sum(1))
-            s = head.e2cm.scale
+            if head.e2cm.metric == "mahalanobis":
+                score = head.e2cm.coef @ x + head.e2cm.intercept
+            else:
+                d = np.sqrt(((head.e2cm.means - x[None, :]) ** 2).sum(1))
+                score = -d / head.e2cm.scale
             if head.e2cm_input:
-                v = np.concatenate([x, d / s])
-            pe = _softmax((-(d / s))[None, :])[0]
-            conf_e.append(pe.max())
+                v = np.concatenate([x, -score])
+            conf_e.append(_softmax(score[None, :])[0].max())
         p = _softmax((head.W @ v + head.b)[None, :])[0]
         P.append(p)
         if head.criterion == "max_proba":
@@ -72,6 +74,7 @@ def _brute_conf(head, F):
     {"method": "sdn"}, {"method": "branchynet"}, {"method": "bwds"},
     {"class_means": True}, {"combine": "and"}, {"combine": "or"},
     {"method": "bwds", "class_means": True, "combine": "or"},
+    {"class_means": True, "combine": "and", "metric": "mahalanobis"},
 ])
 def test_routing_matches_brute_force(digits, kw):
     Xtr, Xte, ytr, yte = digits
@@ -228,7 +231,7 @@ def test_unreachable_budget_warns_and_serves_the_cheapest_point(digits):
     ],
     # minibatch training: a weight of 2 scales a row's gradient, a duplicated row changes
     # which rows share a batch, so the two fits differ slightly (as for SGDClassifier)
-    expected_failed_checks=lambda est: {
+    expected_failed_checks=lambda est: {} if est.stages is not None else {
         "check_sample_weight_equivalence_on_dense_data":
             "minibatch Adam: weights and duplicated rows give different batches"},
 )
@@ -246,3 +249,22 @@ def test_flop_budget_search_accepts_it(digits):
                                 random_state=0).fit(Xtr, ytr)
     assert search.best_estimator_.expected_flops_ <= 0.9 + 1e-9
     assert search.best_estimator_.score(Xte, yte) > 0.8
+
+
+def test_string_labels_calibration_and_weights(digits):
+    Xtr, Xte, ytr, yte = digits
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                      "nine"])
+    ic = InternalClassifierEarlyExit(_stages(), exit_at=[1, 2], epochs=5, calibration=0.3,
+                                     flops_target=0.95, random_state=0).fit(Xtr, names[ytr])
+    assert set(ic.classes_) == set(names)
+    assert ic.predict(Xte).dtype.kind in "UO"
+    assert np.mean(ic.predict(Xte) == names[yte]) > 0.8
+    # tuned on the held-out 30 %: the table has that many rows
+    assert ic._tuning_table.n_samples == int(round(0.3 * len(ytr))) or \
+        abs(ic._tuning_table.n_samples - 0.3 * len(ytr)) <= 1
+    w = np.ones(len(ytr))
+    w[ytr == 0] = 0.0  # zero weight: class 0 never drives the training
+    a = InternalClassifierEarlyExit(_stages(), exit_at=[1], epochs=5, thresholds=[0.5],
+                                    random_state=0).fit(Xtr, ytr, sample_weight=w)
+    assert a.predict(Xte).shape == yte.shape
