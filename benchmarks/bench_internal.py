@@ -56,6 +56,12 @@ def main():
         "SDN + E2CM (or)": lambda: InternalClassifierEarlyExit(
             stages, method="sdn", epochs=args.epochs, pooling=args.pooling, class_means=True,
             combine="or", **common),
+        "SDN + whitened E2CM (and)": lambda: InternalClassifierEarlyExit(
+            stages, method="sdn", epochs=args.epochs, pooling=args.pooling, class_means=True,
+            combine="and", metric="mahalanobis", **common),
+        "SDN + whitened E2CM (or)": lambda: InternalClassifierEarlyExit(
+            stages, method="sdn", epochs=args.epochs, pooling=args.pooling, class_means=True,
+            combine="or", metric="mahalanobis", **common),
         "BranchyNet": lambda: InternalClassifierEarlyExit(
             stages, method="branchynet", epochs=args.epochs, pooling=args.pooling, **common),
         "BWDS": lambda: InternalClassifierEarlyExit(
