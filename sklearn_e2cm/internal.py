@@ -18,7 +18,8 @@ offered through ``method``:
 * ``"bwds"`` (Bolukbasi, Wang, Dekel & Saligrama 2017): as SDN, plus a
   decision function per exit (a binary linear classifier on the same input,
   trained separately after the ICs) that predicts whether leaving is safe:
-  the IC is right, or the base model is wrong too. A sample exits when that
+  the IC is right, or the base model is wrong too (for a network that does
+  not end in a classifier: the IC is right). A sample exits when that
   probability exceeds the threshold.
 
 E²CM boosts any of them (paper §III-B): ``class_means=True`` concatenates the
@@ -117,10 +118,16 @@ class _LinearSoftmax:
 
     def _init(self, V):
         D = V.shape[1]
-        mu = V.mean(0)
-        sd = _xp(V).sqrt(((V - mu[None, :]) ** 2).mean(0))
-        # floor: a feature constant on the first batch must not blow up later
-        sd = _xp(V).clip_min(sd, 0.1 * float(_to_numpy(sd).mean()) + 1e-12)
+        ops = _xp(V)
+        rms = ops.sqrt((V * V).mean(0))
+        if V.shape[0] >= 16:
+            mu = V.mean(0)
+            sd = ops.sqrt(((V - mu[None, :]) ** 2).mean(0))
+        else:  # too few rows for a spread (batch_size=1): scale only
+            mu, sd = V.mean(0) * 0.0, rms
+        # floor on the typical magnitude: a feature constant on the first batch must not
+        # blow up later
+        sd = ops.clip_min(sd, 0.1 * float(_to_numpy(rms).mean()) + 1e-12)
         self.mu, self.inv_sd = mu, 1.0 / sd
         self.W = _zeros((self.n_out, D), V)
         self.b = _zeros((self.n_out,), V)
@@ -325,8 +332,8 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
     exit_at : None or sequence of int or float, default=None
         Where the exits go: stage indices (ints in ``[0, n_stages - 2]``) or
         fractions of the network's FLOPs (floats in (0, 1); each goes to the
-        stage whose cumulative cost is closest). ``None``: the method's
-        default placement.
+        stage whose cumulative cost is closest), or ``"first"`` (after the
+        first stage). ``None``: the method's default placement.
     criterion : {"max_proba", "entropy"} or None, default=None
         Exit criterion of the ICs (``None``: the method's own; BWDS always
         uses its decision functions).
@@ -353,6 +360,9 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
     calibration : None, float or int, default=None
         Tune thresholds on the training data (``None``, as the paper) or on
         a held-out part of it.
+    stage_costs : array-like of shape (n_stages,) or dict, default=None
+        Per-sample FLOPs of the network's stages overriding the cost model,
+        as for :class:`EarlyExitClassMeans` (needed for steps of unknown cost).
     final_classifier : "auto" or bool, default="auto"
     batch_size : int, default=256
     device : str, default="cpu"
@@ -418,6 +428,7 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
             Interval(numbers.Integral, 1, None, closed="left"),
             None,
         ],
+        "stage_costs": ["array-like", dict, None],
         "final_classifier": [StrOptions({"auto"}), "boolean"],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "device": "no_validation",
@@ -443,6 +454,7 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
         n_targets=1000,
         pooling=None,
         calibration=None,
+        stage_costs=None,
         final_classifier="auto",
         batch_size=256,
         device="cpu",
@@ -464,6 +476,7 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
         self.n_targets = n_targets
         self.pooling = pooling
         self.calibration = calibration
+        self.stage_costs = stage_costs
         self.final_classifier = final_classifier
         self.batch_size = batch_size
         self.device = device
@@ -486,7 +499,7 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
             device=self.device, random_state=random_state, verbose=self.verbose,
         )
 
-    def _resolve_exits(self, base):
+    def _resolve_exits(self, base, stage_flops):
         """Sorted unique base-stage indices of the exits (the final stage excluded)."""
         M = base.n_stages
         spec = self.exit_at
@@ -494,7 +507,7 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
             return []  # the input is the only stage: one classifier, nothing to exit from
         if spec is None:
             spec = _DEFAULT_EXITS[self.method]
-        cum = np.cumsum(np.asarray(base.stage_flops_, dtype=np.float64))
+        cum = np.cumsum(np.asarray(stage_flops, dtype=np.float64))
         total = cum[-1] if cum[-1] > 0 else 1.0
         out = []
         for s in list(spec):
@@ -572,8 +585,11 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
         self.classes_ = classes
         K = len(classes)
 
-        exits = self._resolve_exits(base)
-        grouped = GroupedStages(base, exits)
+        helper.stage_costs = self.stage_costs
+        stage_flops = helper._resolve_stage_costs(base.stage_flops_,
+                                                  getattr(base, "cost_errors_", {}))
+        exits = self._resolve_exits(base, stage_flops)
+        grouped = GroupedStages(base, exits, stage_flops=stage_flops)
         self.exit_stages_ = np.asarray(grouped.ends)
         G = grouped.n_stages
         n_ic = G - 1 if grouped.final_is_classifier else G  # exits with an IC
@@ -686,10 +702,11 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
         self._fit_times["tuning pass"] = time.perf_counter() - t0
         correct = pred == np.searchsorted(classes, y_tune)[:, None]
         self.train_accuracy_ = correct.mean(axis=0)
-        if self.flops_target is not None and np.all(self.train_accuracy_[:-1] < 1.0 / K + 0.05):
+        ic_acc = self.train_accuracy_[:n_ic]
+        if self.flops_target is not None and ic_acc.size and np.all(ic_acc < 1.0 / K + 0.05):
             warnings.warn(
                 "The internal classifiers are barely better than chance on the tuning data "
-                f"(accuracy {np.round(self.train_accuracy_[:-1], 3).tolist()}); train them for "
+                f"(accuracy {np.round(ic_acc, 3).tolist()}); train them for "
                 "more epochs or with another learning_rate.", UserWarning, stacklevel=2)
         self._finish(grouped, heads, conf, correct, w_tune, rng)
         return self

@@ -5,7 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -268,3 +268,40 @@ def test_string_labels_calibration_and_weights(digits):
     a = InternalClassifierEarlyExit(_stages(), exit_at=[1], epochs=5, thresholds=[0.5],
                                     random_state=0).fit(Xtr, ytr, sample_weight=w)
     assert a.predict(Xte).shape == yte.shape
+
+
+def test_tiny_batches_still_train(digits):
+    """Standardisation from a 1-row first batch must not blow the inputs up."""
+    Xtr, Xte, ytr, yte = digits
+    stages = [StandardScaler(), PCA(32, random_state=0), LogisticRegression(max_iter=500)]
+    ic = InternalClassifierEarlyExit(stages, exit_at=[0, 1], epochs=1, batch_size=1,
+                                     flops_target=0.6, random_state=0).fit(Xtr[:400], ytr[:400])
+    conf = ic._tuning_table.conf_cols[0]
+    assert np.mean(conf >= 1.0 - 1e-9) < 0.5  # confidences still separate samples
+    assert np.all(np.isfinite(ic._heads[0].W))
+
+
+class _Square(TransformerMixin, BaseEstimator):
+    """A transformer of unknown cost."""
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X):
+        return np.asarray(X) ** 2
+
+
+def test_stage_costs_override_and_no_spurious_warning(digits):
+    import warnings
+
+    Xtr, Xte, ytr, yte = digits
+    stages = [StandardScaler(), _Square(), LogisticRegression(max_iter=500)]
+    with pytest.raises(TypeError, match="stage_costs"):  # UnknownCostError, as for E²CM
+        InternalClassifierEarlyExit(stages, exit_at=[0, 1], flops_target=0.5).fit(Xtr, ytr)
+    ic = InternalClassifierEarlyExit(stages, exit_at=[0, 1], epochs=5, flops_target=0.5,
+                                     stage_costs={1: 128.0}, random_state=0).fit(Xtr, ytr)
+    assert ic.stage_flops_[1] == pytest.approx(128.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one good IC: no "barely better than chance" warning
+        InternalClassifierEarlyExit(epochs=5, flops_target=0.5, random_state=0).fit(Xtr, ytr)

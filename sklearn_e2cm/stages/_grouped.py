@@ -16,6 +16,14 @@ from .base import StageAdapter
 
 __all__ = ["GroupedStages"]
 
+#: Never looked up on the base: own attributes, and base attributes indexed by *base* stage
+#: (forwarding them would silently give lists of the wrong length).
+_NOT_FORWARDED = frozenset({
+    "base", "exits", "ends", "starts", "_stage_flops", "stage_names_", "output_shapes_",
+    "pooled_shapes_", "fitted_steps_", "stage_modules_", "_poolings", "names", "_steps",
+    "_vector_dims", "_vector_flops",
+})
+
 
 class GroupedStages(StageAdapter):
     """View of a fitted :class:`StageAdapter` with exits after ``exits`` only.
@@ -28,9 +36,14 @@ class GroupedStages(StageAdapter):
         Base stage indices, strictly increasing, in ``[0, base.n_stages - 2]``,
         after which an exit is placed. The last base stage always ends the
         last grouped stage.
+    stage_flops : array-like of shape (base.n_stages,), default=None
+        Per-stage FLOPs overriding ``base.stage_flops_`` (resolved stage costs).
+
+    Attributes indexed by *base* stage (``stage_names_``, ``output_shapes_``,
+    ...) are not forwarded: only the per-group properties below are defined.
     """
 
-    def __init__(self, base, exits):
+    def __init__(self, base, exits, stage_flops=None):
         M = base.n_stages
         exits = [int(e) for e in exits]
         if any(b <= a for a, b in zip(exits, exits[1:])) or (
@@ -43,6 +56,7 @@ class GroupedStages(StageAdapter):
         self.ends = exits + [M - 1]  # last base stage of every group
         self.starts = [0] + [e + 1 for e in exits]
         self.backend = base.backend
+        self._stage_flops = None if stage_flops is None else np.asarray(stage_flops, float)
 
     # ------------------------------------------------------------ properties
     @property
@@ -63,7 +77,8 @@ class GroupedStages(StageAdapter):
 
     @property
     def stage_flops_(self):
-        return self._group_sum(self.base.stage_flops_)
+        flops = self.base.stage_flops_ if self._stage_flops is None else self._stage_flops
+        return self._group_sum(flops)
 
     @property
     def vector_flops_(self):
@@ -85,7 +100,7 @@ class GroupedStages(StageAdapter):
 
     def __getattr__(self, name):
         # input attributes and the like (input_shape_, n_outputs_, device_...) of the base
-        if name.startswith("__") or name in ("base", "exits", "ends", "starts"):
+        if name.startswith("__") or name in _NOT_FORWARDED:
             raise AttributeError(name)
         return getattr(self.base, name)
 
