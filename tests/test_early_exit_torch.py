@@ -10,29 +10,21 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sklearn.base import clone  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis  # noqa: E402
 
 from sklearn_e2cm import EarlyExitClassMeans  # noqa: E402
 from sklearn_e2cm._thresholds import cumulative_cost  # noqa: E402
-from sklearn_e2cm.models import resnet_small, train_classifier  # noqa: E402
 from sklearn_e2cm.stages import split_into_stages  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def data():
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
-    return X[:1200], y[:1200], X[1200:], y[1200:]
+def data(digit_images):
+    return digit_images
 
 
 @pytest.fixture(scope="module")
-def net(data):
-    Xtr, ytr, _, _ = data
-    torch.manual_seed(0)
-    model = resnet_small(depth=8, width=8, in_channels=1, n_classes=10, input_size=8)
-    train_classifier(model, Xtr, ytr, epochs=2, batch_size=64, random_state=0)
-    return model
+def net(tiny_resnet):
+    return tiny_resnet
 
 
 @pytest.fixture(scope="module")
