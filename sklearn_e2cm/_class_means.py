@@ -2,7 +2,7 @@
 
 One implementation serves numpy arrays (scikit-learn stages) and torch
 tensors (torch stages): the functions below only use operations that both
-array types share, and dispatch the few that differ through :func:`_xp`.
+array types share, and dispatch the few that differ through :func:`xp`.
 
 * :class:`ClassStatsAccumulator` accumulates per-class sums and weights in
   float64 while batches stream by (eq. 2), optionally with the pooled
@@ -18,6 +18,8 @@ import warnings
 
 import numpy as np
 
+from ._backend import is_torch, softmax, xp
+
 __all__ = [
     "ClassStatsAccumulator",
     "oas_shrinkage",
@@ -25,71 +27,8 @@ __all__ = [
     "whitened_head",
     "ExitHead",
     "squared_distances",
-    "softmax",
     "head_flops",
 ]
-
-
-def _is_torch(a):
-    return type(a).__module__.split(".")[0] == "torch"
-
-
-class _NumpyOps:
-    @staticmethod
-    def sqrt(a):
-        return np.sqrt(a)
-
-    @staticmethod
-    def clip_min(a, v):
-        return np.maximum(a, v)
-
-    @staticmethod
-    def exp(a):
-        return np.exp(a)
-
-    @staticmethod
-    def rowmax(a):
-        return a.max(axis=1, keepdims=True)
-
-    @staticmethod
-    def asarray_like(arr, like):
-        return np.asarray(arr, dtype=like.dtype)
-
-
-class _TorchOps:
-    @staticmethod
-    def sqrt(a):
-        return a.sqrt()
-
-    @staticmethod
-    def clip_min(a, v):
-        return a.clamp_min(v)
-
-    @staticmethod
-    def exp(a):
-        return a.exp()
-
-    @staticmethod
-    def rowmax(a):
-        return a.amax(dim=1, keepdim=True)
-
-    @staticmethod
-    def asarray_like(arr, like):
-        import torch
-
-        return torch.as_tensor(np.asarray(arr), dtype=like.dtype, device=like.device)
-
-
-def _xp(a):
-    return _TorchOps if _is_torch(a) else _NumpyOps
-
-
-def softmax(scores):
-    """Row-wise numerically stable softmax of a numpy array or torch tensor."""
-    ops = _xp(scores)
-    z = scores - ops.rowmax(scores)
-    e = ops.exp(z)
-    return e / e.sum(1, keepdims=True) if not _is_torch(e) else e / e.sum(1, keepdim=True)
 
 
 def squared_distances(F, means, means_sqnorm=None):
@@ -120,7 +59,7 @@ def squared_distances(F, means, means_sqnorm=None):
     """
     if means_sqnorm is None:
         means_sqnorm = (means * means).sum(1)
-    if _is_torch(F):
+    if is_torch(F):
         import torch
 
         x_sq = torch.linalg.vector_norm(F, dim=1).square_()  # one read of F, no F*F temporary
@@ -222,7 +161,7 @@ class ClassStatsAccumulator:
         self._grow(max(n_classes, 0 if self.sums is None else self.sums.shape[0]), F.shape[1])
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         K, n = self.sums.shape[0], F.shape[0]
-        if _is_torch(F):
+        if is_torch(F):
             import torch
 
             if self.shift is None:
@@ -421,12 +360,12 @@ class ExitHead:
 
     def _params(self, like):
         """The head's arrays in the dtype/device of ``like`` (cached)."""
-        if _is_torch(like):
+        if is_torch(like):
             key = ("torch", str(like.dtype), str(like.device))
         else:
             key = ("numpy", str(like.dtype))
         if key not in self._cache:
-            ops = _xp(like)
+            ops = xp(like)
             if self.metric == "mahalanobis":
                 p = (ops.asarray_like(self.coef, like), ops.asarray_like(self.intercept, like))
             else:
@@ -448,7 +387,7 @@ class ExitHead:
         """Euclidean distances ``d_k`` (eq. 3), shape (n, K)."""
         means, sqn, _ = self._params(F)
         d2 = squared_distances(F, means, sqn)
-        return d2.sqrt_() if _is_torch(d2) else np.sqrt(d2, out=d2)
+        return d2.sqrt_() if is_torch(d2) else np.sqrt(d2, out=d2)
 
     def scores(self, F):
         """Exit logits: ``-d / s`` (Euclidean) or ``x·Wᵀ + b`` (Mahalanobis)."""

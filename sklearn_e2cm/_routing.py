@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._memory import HeapGuard
-from ._thresholds import assign_rows, row_uniforms
+from ._hashing import assign_rows, row_uniforms
 
 __all__ = ["RoutingResult", "route", "decide", "forward_all", "iter_stages"]
 

@@ -31,6 +31,8 @@ import warnings
 
 import numpy as np
 
+from ._hashing import MIX, assign_rows, mix64, seed_of
+
 __all__ = [
     "ExitTable",
     "SEARCH_METHODS",
@@ -41,10 +43,7 @@ __all__ = [
     "sweep",
     "upper_hull",
     "time_sharing",
-    "row_uniforms",
-    "assign_rows",
     "random_starts",
-    "seed_of",
     "mixture_exits",
     "mixture_values",
     "evaluate_mixtures",
@@ -461,37 +460,6 @@ def _suffix_at(qc, q, d, csuf, mm, order=None, starts=None):
     return float(csuf[a + 2] + part)
 
 
-def _mix64(h):
-    """splitmix64 finaliser on a uint64 array (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        h = (h ^ (h >> np.uint64(30))) * _MIX[1]
-        h = (h ^ (h >> np.uint64(27))) * _MIX[2]
-        return h ^ (h >> np.uint64(31))
-
-
-def seed_of(random_state):
-    """One integer seed from an int, a Generator, a RandomState or None.
-
-    An int is returned unchanged, so ``sweep(..., random_state=s)`` and
-    ``bisection_search(..., random_state=s)`` start from the same thresholds
-    for the same target. ``None`` draws fresh entropy.
-    """
-    if random_state is None:
-        return int(np.random.SeedSequence().entropy % (2**63))
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        return int(random_state)
-    if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(2**63 - 1))
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(np.iinfo(np.int32).max))
-    if isinstance(random_state, (np.random.SeedSequence, np.random.BitGenerator)):
-        return int(np.random.default_rng(random_state).integers(2**63 - 1))
-    raise ValueError(
-        f"random_state must be an int, a numpy Generator, RandomState, SeedSequence or "
-        f"BitGenerator, or None; got {random_state!r}."
-    )
-
-
 def random_starts(seed, targets, n_thresholds):
     """Initial grid indices in ``[0, GRID]`` of the bisection, per target.
 
@@ -509,11 +477,11 @@ def random_starts(seed, targets, n_thresholds):
     """
     targets = np.atleast_1d(np.asarray(targets, dtype=np.float64))
     key = np.round(targets * 1e9).astype(np.int64).view(np.uint64)
-    s = _mix64(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) ^ _MIX[2])
+    s = mix64(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) ^ MIX[2])
     j = np.arange(1, n_thresholds + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        h = _mix64(s ^ (key * _MIX[0]))
-        h = _mix64(h[:, None] ^ (j[None, :] * _MIX[1]))
+        h = mix64(s ^ (key * MIX[0]))
+        h = mix64(h[:, None] ^ (j[None, :] * MIX[1]))
     u = (h >> np.uint64(11)).astype(np.float64) / float(2**53)
     return np.minimum(np.floor(u * (GRID + 1)), GRID).astype(np.int64)
 
@@ -999,54 +967,6 @@ def time_sharing(hull_costs, target):
     a = b - 1
     wa = (hc[b] - target) / (hc[b] - hc[a])
     return np.array([a, b]), np.array([wa, 1.0 - wa])
-
-
-_MIX = np.array(
-    [0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB], dtype=np.uint64
-)
-
-
-def row_uniforms(X, seed=0):
-    """One uniform number in [0, 1) per row, a deterministic hash of the row.
-
-    Time sharing sends each sample to one of the hull vertices with a number
-    drawn from its own content and the seed, so the decision for a sample
-    does not depend on the batch it arrives in or on its position.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> X = np.arange(6.0).reshape(3, 2)
-    >>> u = row_uniforms(X, seed=0)
-    >>> bool(np.all(u == row_uniforms(X[::-1], seed=0)[::-1]))
-    True
-    """
-    X = np.ascontiguousarray(np.asarray(X))
-    n = X.shape[0]
-    raw = X.reshape(n, -1).view(np.uint8).reshape(n, -1)
-    pad = (-raw.shape[1]) % 8
-    if pad:
-        raw = np.concatenate([raw, np.zeros((n, pad), np.uint8)], axis=1)
-    words = np.ascontiguousarray(raw).view(np.uint64)
-    with np.errstate(over="ignore"):
-        pos = np.arange(1, words.shape[1] + 1, dtype=np.uint64) * _MIX[0]
-        h = words ^ pos[None, :]
-        h = (h ^ (h >> np.uint64(30))) * _MIX[1]
-        h = (h ^ (h >> np.uint64(27))) * _MIX[2]
-        h = h ^ (h >> np.uint64(31))
-        acc = np.bitwise_xor.reduce(h * (pos[None, :] | np.uint64(1)), axis=1)
-        acc = acc ^ (np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _MIX[0])
-        acc = (acc ^ (acc >> np.uint64(30))) * _MIX[1]
-        acc = (acc ^ (acc >> np.uint64(27))) * _MIX[2]
-        acc = acc ^ (acc >> np.uint64(31))
-    return (acc >> np.uint64(11)).astype(np.float64) / float(2**53)
-
-
-def assign_rows(u, weights):
-    """Index of the mixture component of each row from its uniform ``u``."""
-    cw = np.cumsum(np.asarray(weights, dtype=np.float64))
-    cw[-1] = 1.0
-    return np.minimum(np.searchsorted(cw, u, side="right"), len(cw) - 1)
 
 
 def mixture_exits(table, T, vertices, weights, u, cache=None):

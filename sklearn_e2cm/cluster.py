@@ -57,17 +57,18 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from ._backend import as_float_tensor, import_torch, progress, resolve_device, to_numpy
 from ._class_means import ExitHead, normalized_head
 from ._routing import forward_all
 from ._thresholds import (
     ExitTable,
-    assign_rows,
     cumulative_cost,
     exit_stages,
     sweep,
     time_sharing,
     upper_hull,
 )
+from ._hashing import assign_rows
 from .early_exit import _EarlyExitBase
 from .metrics import align_labels, clustering_accuracy
 from .stages.base import StageAdapter
@@ -108,34 +109,6 @@ _DECResult = namedtuple(
 # --------------------------------------------------------------------------
 
 
-def _import_torch():
-    """Import torch, or raise an ImportError that says how to install it."""
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "DEC and DECEarlyExit need PyTorch, which is not installed. Install it "
-            "with `pip install sklearn-e2cm[torch]` (or `pip install torch`)."
-        ) from exc
-    return torch
-
-
-def _check_device(device):
-    """``device`` as a ``torch.device`` (one resolver for the package: the torch stages')."""
-    _import_torch()
-    from .stages.torch import _resolve_device
-
-    return _resolve_device(device)
-
-
-def _as_tensor(X, device):
-    """A float32 torch tensor of ``X`` on ``device`` (copies numpy input)."""
-    torch = _import_torch()
-    if isinstance(X, torch.Tensor):
-        return X.to(device=device, dtype=torch.float32)
-    return torch.tensor(np.asarray(X), dtype=torch.float32, device=device)
-
-
 def _build_encoder(dims, *, seed=None):
     """``nn.Sequential`` of Linear layers ``dims[0] -> ... -> dims[-1]``.
 
@@ -144,7 +117,7 @@ def _build_encoder(dims, *, seed=None):
     torch random state. The mirrored decoder of an encoder with ``dims`` is
     ``_build_encoder(dims[::-1])``.
     """
-    torch = _import_torch()
+    torch = import_torch("DEC")
     dims = [int(d) for d in dims]
     if len(dims) < 2 or min(dims) < 1:
         raise ValueError(
@@ -168,7 +141,7 @@ def _build_encoder(dims, *, seed=None):
 
 def _linear_layers(encoder):
     """The ``nn.Linear`` modules of ``encoder``, in order."""
-    torch = _import_torch()
+    torch = import_torch("DEC")
     return [m for m in encoder if isinstance(m, torch.nn.Linear)]
 
 
@@ -180,8 +153,8 @@ def _encoder_dims(encoder):
 
 def _forward(module, X, *, batch_size, device):
     """``module(X)`` in batches, without gradients, as a tensor on ``device``."""
-    torch = _import_torch()
-    X = _as_tensor(X, device)
+    torch = import_torch("DEC")
+    X = as_float_tensor(X, device)
     module = module.to(device)
     was_training = module.training
     module.eval()
@@ -194,7 +167,7 @@ def _forward(module, X, *, batch_size, device):
 
 
 def _make_optimizer(name, params, lr):
-    torch = _import_torch()
+    torch = import_torch("DEC")
     params = [p for p in params if p.requires_grad]
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
@@ -205,7 +178,7 @@ def _make_optimizer(name, params, lr):
 
 def _corrupt(xb, noise, noise_level, generator):
     """Denoising-autoencoder corruption of a batch (new tensor)."""
-    torch = _import_torch()
+    torch = import_torch("DEC")
     if noise is None or noise_level == 0:
         return xb
     if noise == "dropout":
@@ -220,19 +193,11 @@ def _corrupt(xb, noise, noise_level, generator):
 
 def _batch_indices(n, batch_size, generator, device):
     """Endless stream of shuffled index batches (reshuffled every epoch)."""
-    torch = _import_torch()
+    torch = import_torch("DEC")
     while True:
         perm = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, batch_size):
             yield perm[start : start + batch_size]
-
-
-def _progress(iterable, verbose, desc, total=None):
-    if not verbose:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False)
 
 
 # --------------------------------------------------------------------------
@@ -246,7 +211,7 @@ def _soft_assign_logits(Z, centers, alpha=1.0):
     ``q_ij ∝ (1 + ||z_i - mu_j||² / alpha) ** (-(alpha + 1) / 2)``, so
     ``softmax`` of the returned ``(n, K)`` tensor is ``Q``.
     """
-    torch = _import_torch()
+    torch = import_torch("DEC")
     d2 = (Z[:, None, :] - centers[None, :, :]).pow(2).sum(-1)
     return -(alpha + 1.0) / 2.0 * torch.log1p(d2 / alpha)
 
@@ -308,9 +273,9 @@ def _pretrain_autoencoder(
     loss_curve : list of float
         Mean training loss of every epoch.
     """
-    torch = _import_torch()
+    torch = import_torch("DEC")
     device = torch.device(device)
-    X = _as_tensor(X, device)
+    X = as_float_tensor(X, device)
     n = X.shape[0]
     decoder = _build_encoder(_encoder_dims(encoder)[::-1], seed=seed).to(device)
     encoder.to(device).train()
@@ -318,7 +283,7 @@ def _pretrain_autoencoder(
     shuffle_gen = torch.Generator().manual_seed(int(seed))
     noise_gen = torch.Generator(device=device).manual_seed(int(seed) + 1)
     loss_curve = []
-    for _ in _progress(range(epochs), verbose, desc):
+    for _ in progress(range(epochs), verbose, desc):
         total = torch.zeros((), device=device)
         perm = torch.randperm(n, generator=shuffle_gen).to(device)
         for start in range(0, n, batch_size):
@@ -390,9 +355,9 @@ def _self_train(
     n_iter : int
         Number of mini-batch iterations run.
     """
-    torch = _import_torch()
+    torch = import_torch("DEC")
     device = torch.device(device)
-    X = _as_tensor(X, device)
+    X = as_float_tensor(X, device)
     n = X.shape[0]
     encoder.to(device).train()
     mu = torch.nn.Parameter(torch.as_tensor(np.asarray(centers), dtype=torch.float32,
@@ -402,7 +367,7 @@ def _self_train(
     labels_last = None
     target = None
     n_iter = 0
-    bar = _progress(range(max_iter), verbose, desc, total=max_iter)
+    bar = progress(range(max_iter), verbose, desc, total=max_iter)
     for it in bar:
         if it % update_interval == 0:
             Z = _forward(encoder, X, batch_size=batch_size, device=device)
@@ -528,7 +493,7 @@ def _fit_prefix_head(large_encoder, n_frozen_layers, head_dims, X, *, desc=None,
     labels : ndarray of int64 of shape (n_samples,)
         The head's training assignments (not aligned; see :func:`_align_to`).
     """
-    torch = _import_torch()
+    torch = import_torch("DEC")
     n_linear = len(_linear_layers(large_encoder))
     if not isinstance(n_frozen_layers, numbers.Integral) or not 0 <= n_frozen_layers < n_linear:
         raise ValueError(
@@ -542,7 +507,7 @@ def _fit_prefix_head(large_encoder, n_frozen_layers, head_dims, X, *, desc=None,
     prefix = copy.deepcopy(large_encoder[:n_prefix_modules]).cpu().eval()
     for p in prefix.parameters():
         p.requires_grad_(False)
-    device = _check_device(train_params.get("device", "cpu"))
+    device = resolve_device(train_params.get("device", "cpu"))
     batch_size = int(train_params.get("batch_size", 256))
     H = _forward(prefix, X, batch_size=batch_size, device=device)
     prefix.cpu()
@@ -780,7 +745,7 @@ class DEC(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseE
             raise ValueError(
                 f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}."
             )
-        _check_device(self.device)
+        resolve_device(self.device)
         return tuple(int(h) for h in hidden)
 
     def _train_params(self):
@@ -805,7 +770,7 @@ class DEC(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseE
             The fitted estimator.
         """
         self._validate_params()
-        _import_torch()
+        import_torch("DEC")
         X = validate_data(self, X, dtype=[np.float32, np.float64])
         hidden = self._check_params(X.shape[0])
         params = self._train_params()
@@ -824,7 +789,7 @@ class DEC(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseE
     # -- inference --------------------------------------------------------
 
     def _embed(self, X):
-        device = _check_device(self.device)
+        device = resolve_device(self.device)
         Z = _forward(self.encoder_, X, batch_size=self.batch_size, device=device)
         self.encoder_.cpu()
         return Z.cpu().numpy()
@@ -906,7 +871,7 @@ def _mlp_flops(module):
     ``2 * in * out`` of each Linear (about 0.1 % less on the paper's
     encoder, and the normalised costs agree to that precision).
     """
-    torch = _import_torch()
+    torch = import_torch("DEC")
     flops = 0
     width = None
     for m in module:
@@ -995,8 +960,8 @@ class _DECStages(StageAdapter):
     @contextlib.contextmanager
     def activate(self):
         """Modules on ``device``, in eval mode, under ``torch.inference_mode``; then on the CPU."""
-        torch = _import_torch()
-        device = _check_device(self.device)
+        torch = import_torch("DEC")
+        device = resolve_device(self.device)
         mods = self._modules()
         for m in mods:
             m.to(device).eval()
@@ -1008,8 +973,8 @@ class _DECStages(StageAdapter):
                 m.cpu()
 
     def batches(self, X, y=None, batch_size=None):
-        torch = _import_torch()
-        device = _check_device(self.device)
+        torch = import_torch("DEC")
+        device = resolve_device(self.device)
         n = X.shape[0]
         step = n if not batch_size else int(batch_size)
         for start in range(0, n, max(step, 1)):
@@ -1029,16 +994,14 @@ class _DECStages(StageAdapter):
         return Q.argmax(axis=1).astype(np.intp), Q
 
     def take(self, Z, keep):
-        torch = _import_torch()
+        torch = import_torch("DEC")
         return Z[torch.from_numpy(np.asarray(keep, dtype=bool)).to(Z.device)]
 
     def n_rows(self, Z):
         return int(Z.shape[0])
 
     def to_numpy(self, a):
-        if hasattr(a, "detach"):
-            return a.detach().cpu().numpy()
-        return np.asarray(a)
+        return to_numpy(a)
 
 
 class DECEarlyExit(
@@ -1326,7 +1289,7 @@ n_init, random_state, device, verbose
             The fitted estimator.
         """
         self._validate_params()
-        _import_torch()
+        import_torch("DEC")
         X = validate_data(self, X, dtype=[np.float32, np.float64])
         depths = self._exit_depths()
         rng = check_random_state(self.random_state)

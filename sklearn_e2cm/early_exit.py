@@ -3,6 +3,7 @@
 import contextlib
 import numbers
 import sys
+from functools import partial
 import time
 import warnings
 
@@ -20,12 +21,11 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from ._backend import concat, is_torch, is_torch_module, nbytes, progress, softmax
 from ._class_means import (
     ClassStatsAccumulator,
     ExitHead,
-    _is_torch,
     normalized_head,
-    softmax,
     whitened_head,
 )
 from ._memory import HeapGuard
@@ -43,21 +43,13 @@ from .stages.sklearn import SklearnStages
 __all__ = ["EarlyExitClassMeans"]
 
 
-def _is_torch_module(obj):
-    if "torch" not in sys.modules:
-        return False
-    import torch
-
-    return isinstance(obj, torch.nn.Module)
-
-
 def _is_torch_stages(stages):
     if stages is None or isinstance(stages, Pipeline):
         return False
-    if _is_torch_module(stages):
+    if is_torch_module(stages):
         return True
     if isinstance(stages, (list, tuple)) and stages:
-        kinds = [_is_torch_module(s) for s in stages]
+        kinds = [is_torch_module(s) for s in stages]
         if any(kinds) and not all(kinds):
             raise TypeError(
                 "stages mixes torch modules and other objects; pass either torch modules "
@@ -65,14 +57,6 @@ def _is_torch_stages(stages):
             )
         return all(kinds)
     return False
-
-
-def _progress(verbose, desc, total=None):
-    if not verbose:
-        return None
-    from tqdm.auto import tqdm
-
-    return lambda it: tqdm(it, desc=desc, total=total, leave=False)
 
 
 class _LabelIndex:
@@ -224,8 +208,9 @@ class _EarlyExitBase:
                           else "bisect")
                 T, costs, accs = sweep(
                     table, targets, method=method, random_state=self._sweep_seed,
-                    progress=_progress(getattr(self, "verbose", 0), "E2CM threshold sweep",
-                                       len(targets) if method == "bisect" else None),
+                    progress=partial(progress, verbose=getattr(self, "verbose", 0),
+                                     desc="E2CM threshold sweep",
+                                     total=len(targets) if method == "bisect" else None),
                 )
                 # the extremes: everything at the first exit, and the base model
                 T = np.vstack([T, np.zeros(M1), np.ones(M1)])
@@ -300,7 +285,8 @@ class _EarlyExitBase:
                 self._mixture_costs, X, batch_size=getattr(self, "batch_size", None),
                 seed=self._routing_seed,
                 return_proba=return_proba,
-                progress=_progress(getattr(self, "verbose", 0) > 1, "E2CM predict"),
+                progress=partial(progress, verbose=getattr(self, "verbose", 0) > 1,
+                                 desc="E2CM predict"),
             )
         res.y_pred = self.classes_[res.y_pred]
         return res
@@ -1050,8 +1036,7 @@ class EarlyExitClassMeans(ClassifierMixin, _EarlyExitBase, BaseEstimator):
 
     def _batches(self, adapter, X, y, desc):
         it = adapter.batches(X, y, self.batch_size)
-        prog = _progress(self.verbose, desc)
-        return prog(it) if prog else it
+        return progress(it, self.verbose, desc)
 
     def _pass_statistics(self, adapter, source, w, labels, n_total, cache_ok):
         """Pass 1: stream batches, accumulate class sums, cache a suffix of stage vectors."""
@@ -1184,7 +1169,7 @@ class _SharedStageOutputs:
 
     @property
     def nbytes(self):
-        return int(sum(_nbytes(V) for V in self.vectors))
+        return int(sum(nbytes(V) for V in self.vectors))
 
     def context(self):
         """Context for computing on the cached vectors: no stage runs, so the network's
@@ -1234,7 +1219,7 @@ class _RowBuffer:
 
     def __init__(self, like, n_rows):
         shape = (n_rows, like.shape[1])
-        if _is_torch(like):
+        if is_torch(like):
             import torch
 
             self.data = torch.empty(shape, dtype=like.dtype, device=like.device)
@@ -1260,21 +1245,13 @@ def _cache_rows(cache, j, F, start, total):
     entry.append(F)
 
 
-def _nbytes(a):
-    return a.element_size() * a.nelement() if hasattr(a, "element_size") else a.nbytes
-
-
 def _all_rows(entry, n):
     """The first ``n`` rows stored by :func:`_cache_rows` as one array."""
     if isinstance(entry, _RowBuffer):
         return entry.rows(n)
     if len(entry) == 1:
         return entry[0]
-    if _is_torch(entry[0]):
-        import torch
-
-        return torch.cat(entry, dim=0)
-    return np.concatenate(entry, axis=0)
+    return concat(entry, axis=0)
 
 
 def _row_bytes(adapter, n_classes):

@@ -48,7 +48,17 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._class_means import _is_torch, _xp, head_flops, softmax
+from ._backend import (
+    as_backend,
+    concat,
+    is_torch,
+    progress,
+    softmax,
+    to_numpy,
+    xp,
+    zeros_like_backend,
+)
+from ._class_means import head_flops
 from ._routing import iter_stages
 from .early_exit import (
     EarlyExitClassMeans,
@@ -57,7 +67,6 @@ from .early_exit import (
     _EarlyExitBase,
     _is_torch_stages,
     _LabelIndex,
-    _progress,
 )
 from .stages._grouped import GroupedStages
 
@@ -71,33 +80,6 @@ _DEFAULT_EXITS = {
 }
 _DEFAULT_CRITERION = {"sdn": "max_proba", "branchynet": "entropy", "bwds": "decision"}
 _N_QUANTILES = 1001
-
-
-# --------------------------------------------------------------------------- backend helpers
-def _zeros(shape, like):
-    if _is_torch(like):
-        import torch
-
-        return torch.zeros(shape, dtype=like.dtype, device=like.device)
-    return np.zeros(shape, dtype=like.dtype)
-
-
-def _as_backend(arr, like):
-    return _xp(like).asarray_like(arr, like)
-
-
-def _concat(parts):
-    if _is_torch(parts[0]):
-        import torch
-
-        return torch.cat(parts, dim=1)
-    return np.concatenate(parts, axis=1)
-
-
-def _to_numpy(a):
-    if _is_torch(a):
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
 
 
 class _LinearSoftmax:
@@ -118,7 +100,7 @@ class _LinearSoftmax:
 
     def _init(self, V):
         D = V.shape[1]
-        ops = _xp(V)
+        ops = xp(V)
         rms = ops.sqrt((V * V).mean(0))
         if V.shape[0] >= 16:
             mu = V.mean(0)
@@ -127,12 +109,12 @@ class _LinearSoftmax:
             mu, sd = V.mean(0) * 0.0, rms
         # floor on the typical magnitude: a feature constant on the first batch must not
         # blow up later
-        sd = ops.clip_min(sd, 0.1 * float(_to_numpy(rms).mean()) + 1e-12)
+        sd = ops.clip_min(sd, 0.1 * float(to_numpy(rms).mean()) + 1e-12)
         self.mu, self.inv_sd = mu, 1.0 / sd
-        self.W = _zeros((self.n_out, D), V)
-        self.b = _zeros((self.n_out,), V)
-        self.mW, self.vW = _zeros((self.n_out, D), V), _zeros((self.n_out, D), V)
-        self.mb, self.vb = _zeros((self.n_out,), V), _zeros((self.n_out,), V)
+        self.W = zeros_like_backend((self.n_out, D), V)
+        self.b = zeros_like_backend((self.n_out,), V)
+        self.mW, self.vW = zeros_like_backend((self.n_out, D), V), zeros_like_backend((self.n_out, D), V)
+        self.mb, self.vb = zeros_like_backend((self.n_out,), V), zeros_like_backend((self.n_out,), V)
 
     def standardize(self, V):
         return (V - self.mu[None, :]) * self.inv_sd[None, :]
@@ -148,7 +130,7 @@ class _LinearSoftmax:
         G = softmax(Vs @ self.W.T + self.b[None, :])
         rows = np.arange(n)
         y_idx = np.asarray(y_idx)
-        if _is_torch(G):
+        if is_torch(G):
             import torch
 
             rows = torch.as_tensor(rows, device=G.device)
@@ -157,11 +139,11 @@ class _LinearSoftmax:
         if sample_weight is None:
             G = G / n
         else:
-            w = _as_backend(np.asarray(sample_weight, dtype=np.float64), G)
+            w = as_backend(np.asarray(sample_weight, dtype=np.float64), G)
             G = G * (w / w.sum())[:, None]
         gW, gb = G.T @ Vs, G.sum(0)
         self.t += 1
-        ops = _xp(G)
+        ops = xp(G)
         c1 = 1.0 - self.beta1 ** self.t
         c2 = 1.0 - self.beta2 ** self.t
         for p, g, m, v in ((self.W, gW, self.mW, self.vW), (self.b, gb, self.mb, self.vb)):
@@ -174,8 +156,8 @@ class _LinearSoftmax:
 
     def export(self):
         """``(W, b)`` of the layer on standardised-free inputs, as float64 numpy."""
-        W = _to_numpy(self.W).astype(np.float64) * _to_numpy(self.inv_sd).astype(np.float64)
-        b = _to_numpy(self.b).astype(np.float64) - W @ _to_numpy(self.mu).astype(np.float64)
+        W = to_numpy(self.W).astype(np.float64) * to_numpy(self.inv_sd).astype(np.float64)
+        b = to_numpy(self.b).astype(np.float64) - W @ to_numpy(self.mu).astype(np.float64)
         return W, b
 
 
@@ -222,9 +204,9 @@ class _ICHead:
     def _params(self, like):
         key = (type(like).__module__, str(like.dtype), str(getattr(like, "device", "")))
         if key not in self._cache:
-            p = [_as_backend(self.W, like), _as_backend(self.b, like)]
+            p = [as_backend(self.W, like), as_backend(self.b, like)]
             if self.Wd is not None:
-                p += [_as_backend(self.Wd, like), _as_backend(self.bd, like)]
+                p += [as_backend(self.Wd, like), as_backend(self.bd, like)]
             self._cache[key] = p
         return self._cache[key]
 
@@ -239,7 +221,7 @@ class _ICHead:
             return F
         if S is None:
             S = self.e2cm.scores(F)
-        return _concat([F, -S])
+        return concat([F, -S], axis=1)
 
     def raw(self, F):
         """``(P, IC confidence, E²CM confidence or None)`` before any combination."""
@@ -252,9 +234,9 @@ class _ICHead:
             conf = P.max(1)
             conf = conf.values if hasattr(conf, "values") else conf
         elif self.criterion == "entropy":
-            ops = _xp(P)
+            ops = xp(P)
             logp = ops.clip_min(P, 1e-30)
-            logp = logp.log() if _is_torch(logp) else np.log(logp)
+            logp = logp.log() if is_torch(logp) else np.log(logp)
             H = -(P * logp).sum(1)
             conf = 1.0 - H / math.log(self.n_classes)
         else:  # "decision": probability that leaving here is safe
@@ -263,8 +245,8 @@ class _ICHead:
         conf_e = None
         if self.combine:
             conf_e = softmax(S).max(1)
-            conf_e = _to_numpy(conf_e.values if hasattr(conf_e, "values") else conf_e)
-        return P, _to_numpy(conf).astype(np.float64), conf_e
+            conf_e = to_numpy(conf_e.values if hasattr(conf_e, "values") else conf_e)
+        return P, to_numpy(conf).astype(np.float64), conf_e
 
     def combined(self, conf, conf_e):
         """The exit confidence compared with the threshold."""
@@ -628,9 +610,9 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
                     ye = y_fit_idx[order]
                     we = None if w_fit is None else w_fit[order]
                     start = 0
-                    prog = _progress(self.verbose, f"{desc} (epoch {epoch + 1}/{self.epochs})")
-                    batches = grouped.batches(Xe, None, self.batch_size)
-                    for Xb, _ in (prog(batches) if prog else batches):
+                    batches = progress(grouped.batches(Xe, None, self.batch_size), self.verbose,
+                                       f"{desc} (epoch {epoch + 1}/{self.epochs})")
+                    for Xb, _ in batches:
                         n = grouped.n_rows(Xb)
                         yb = ye[start:start + n]
                         wb = None if we is None else we[start:start + n]
@@ -653,9 +635,9 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
             decisions = [_LinearSoftmax(2, self.learning_rate) for _ in range(n_ic)]
 
             def safe(g, V, yb, final_idx):
-                P = softmax(V @ _as_backend(tmp_heads[g].W, V).T
-                            + _as_backend(tmp_heads[g].b, V)[None, :])
-                pred = _to_numpy(P.argmax(1))
+                P = softmax(V @ as_backend(tmp_heads[g].W, V).T
+                            + as_backend(tmp_heads[g].b, V)[None, :])
+                pred = to_numpy(P.argmax(1))
                 ok = pred == yb
                 if final_idx is not None:
                     ok |= np.asarray(final_idx) != yb  # the base model is wrong too
@@ -687,10 +669,10 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
                 for g, F, idx in iter_stages(grouped, Xb):
                     if idx is not None:
                         pred[start:start + n, g] = idx
-                        conf[start:start + n, g] = _to_numpy(F).max(axis=1)
+                        conf[start:start + n, g] = to_numpy(F).max(axis=1)
                         continue
                     P, c, ce = heads[g].raw(F)
-                    pred[start:start + n, g] = _to_numpy(P.argmax(1))
+                    pred[start:start + n, g] = to_numpy(P.argmax(1))
                     conf[start:start + n, g] = c
                     if ce is not None:
                         conf_e[start:start + n, g] = ce

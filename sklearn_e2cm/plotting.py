@@ -8,6 +8,7 @@ when something is drawn.
 
 import numpy as np
 
+from ._scoring import check_targets, metric_scores, resolve_scoring
 from ._thresholds import SEARCH_METHODS, sweep, upper_hull
 
 __all__ = ["TradeoffDisplay"]
@@ -329,8 +330,6 @@ class TradeoffDisplay:
     @classmethod
     def _compute(cls, estimator, X, y, *, scoring, flops_targets, method, tune, sample_weight,
                  random_state, name):
-        from .search import _check_targets, _metric_scores, _resolve_scoring
-
         if not hasattr(estimator, "exit_table") and hasattr(estimator, "cv_results_"):
             estimator = estimator.best_estimator_  # a fitted search
         if not hasattr(estimator, "exit_table"):
@@ -342,7 +341,7 @@ class TradeoffDisplay:
             raise ValueError(f"method={method!r} is not one of {list(SEARCH_METHODS)}.")
         if tune not in ("auto", "estimator", "data"):
             raise ValueError(f"tune={tune!r} is not one of 'auto', 'estimator', 'data'.")
-        sc = _resolve_scoring(scoring if (scoring is not None or y is not None) else "agreement",
+        sc = resolve_scoring(scoring if (scoring is not None or y is not None) else "agreement",
                               estimator)
         if y is None and sc.needs_y():
             raise ValueError(f"scoring={sc.name!r} needs y; pass y or scoring='agreement'.")
@@ -364,7 +363,7 @@ class TradeoffDisplay:
 
         def score_of(T):
             if sc.kind == "metric":
-                return _metric_scores(table, T, y, sc, sample_weight)
+                return metric_scores(table, T, y, sc, sample_weight)
             return table.evaluate_many(T)[1]
 
         if use_est:
@@ -376,7 +375,7 @@ class TradeoffDisplay:
             hull_idx = np.flatnonzero(on)[order]
             hull_flops, hull_score = flops[hull_idx], score[hull_idx]
         else:
-            targets = _check_targets(flops_targets)
+            targets = check_targets(flops_targets)
             T, flops, _ = sweep(table, targets, method=method, random_state=random_state)
             T = np.vstack([T, np.zeros(M1), np.ones(M1)])
             flops = np.append(flops, table.evaluate_many(np.vstack([np.zeros(M1),

@@ -21,12 +21,12 @@ from sklearn_e2cm.cluster import (  # noqa: E402
     _build_encoder,
     _fit_prefix_head,
     _forward,
-    _import_torch,
     _linear_layers,
     _pretrain_autoencoder,
     _soft_assign_numpy,
     _target_distribution,
 )
+from sklearn_e2cm._backend import import_torch  # noqa: E402
 from sklearn_e2cm.metrics import clustering_accuracy, clustering_accuracy_scorer  # noqa: E402
 
 # A tiny but faithful configuration: d-32-32-64-5, small batches so that the
@@ -225,8 +225,8 @@ def test_errors_at_predict_time(blobs, large):
 
 def test_missing_torch_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(ImportError, match=r"pip install sklearn-e2cm\[torch\]"):
-        _import_torch()
+    with pytest.raises(ImportError, match=r"DEC needs PyTorch.*pip install 'sklearn-e2cm\[torch\]'"):
+        import_torch("DEC")
 
 
 def test_module_import_does_not_import_torch():

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
+from sklearn_e2cm._hashing import assign_rows, row_uniforms, seed_of
 from sklearn_e2cm._thresholds import (
     GRID,
     ExitTable,
     _coordinate_step,
-    assign_rows,
     bisection_search,
     coordinate_path,
     cumulative_cost,
@@ -15,8 +15,6 @@ from sklearn_e2cm._thresholds import (
     exit_stages,
     mixture_exits,
     random_starts,
-    row_uniforms,
-    seed_of,
     sweep,
     time_sharing,
     upper_hull,

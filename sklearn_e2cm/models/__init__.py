@@ -10,10 +10,10 @@ This module needs PyTorch (``pip install 'sklearn-e2cm[torch]'``).
 try:
     import torch  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the environment
+    from .._backend import TORCH_INSTALL_HINT
+
     raise ImportError(
-        "sklearn_e2cm.models needs PyTorch, which is not installed. Install it with "
-        "`pip install 'sklearn-e2cm[torch]'` (CPU-only build: `pip install torch "
-        "--index-url https://download.pytorch.org/whl/cpu`)."
+        f"sklearn_e2cm.models needs PyTorch, which is not installed. {TORCH_INSTALL_HINT}"
     ) from exc
 
 from ._resnet import BasicBlock, ResNetSmall, resnet_small

@@ -7,7 +7,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted, has_fit_parameter
 
-from .._class_means import softmax
+from .._backend import softmax
 from .._flops import UnknownCostError, sklearn_flops
 from .base import StageAdapter
 

@@ -27,12 +27,12 @@ try:
     import torch
     from torch import nn
 except ImportError as exc:  # pragma: no cover - exercised only without torch
-    raise ImportError(
-        "Torch stages need PyTorch, which is not installed. Install the torch extra with "
-        "`pip install sklearn-e2cm[torch]` (or a CPU build: `pip install torch==2.13.0 "
-        "--index-url https://download.pytorch.org/whl/cpu`)."
-    ) from exc
+    from .._backend import TORCH_INSTALL_HINT
 
+    raise ImportError(f"Torch stages need PyTorch, which is not installed. {TORCH_INSTALL_HINT}") \
+        from exc
+
+from .._backend import resolve_device
 from .._torch_flops import count_flops
 from ._pooling import make_pooling
 from .base import StageAdapter
@@ -61,35 +61,6 @@ def is_dataloader(X):
     if isinstance(X, (np.ndarray, torch.Tensor)):
         return False
     return hasattr(X, "__iter__") and hasattr(X, "dataset") and hasattr(X, "batch_size")
-
-
-def _resolve_device(device):
-    """A ``torch.device`` from ``None``, ``"auto"``, a string or a device."""
-    if device is None:
-        return torch.device("cpu")
-    if isinstance(device, torch.device):
-        dev = device
-    elif isinstance(device, str):
-        if device.strip().lower() == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, ValueError) as exc:
-            raise ValueError(
-                f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:0', 'auto' "
-                "or a torch.device."
-            ) from exc
-    else:
-        raise ValueError(
-            f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:0', 'auto' or a "
-            "torch.device."
-        )
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} asks for CUDA, which is not available here; use device='cpu' "
-            "or device='auto'."
-        )
-    return dev
 
 
 def _floating_dtype(modules, default=torch.float32):
@@ -734,7 +705,7 @@ class TorchStages(StageAdapter):
         self
         """
         self._fitted = False
-        self.device_ = _resolve_device(self.device)
+        self.device_ = resolve_device(self.device)
         probe = self._probe(X)
         if _normalize_torch_stages(self.stages) is None:  # a model to split, on this probe
             staged = split_into_stages(self.stages, probe)
@@ -809,7 +780,7 @@ class TorchStages(StageAdapter):
         self._check_stages()
         device = getattr(self, "device_", None)
         if device is None:
-            device = self.device_ = _resolve_device(self.device)
+            device = self.device_ = resolve_device(self.device)
         mods = _unique_modules(self.stage_modules_)
         devices = _record_devices(mods)
         self._active = getattr(self, "_active", 0) + 1
@@ -855,7 +826,7 @@ class TorchStages(StageAdapter):
         ``batch_size`` rows) or a DataLoader yielding ``(x, y)`` pairs or
         ``x`` alone (its batches are kept; ``y`` must then be None).
         """
-        device = getattr(self, "device_", None) or _resolve_device(self.device)
+        device = getattr(self, "device_", None) or resolve_device(self.device)
         dtype = getattr(self, "input_dtype_", None) or torch.float32
         ref = getattr(self, "input_shape_", None)
         if is_dataloader(X):

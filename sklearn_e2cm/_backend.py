@@ -1,0 +1,262 @@
+"""Array backends: the few operations that differ between numpy and torch.
+
+Every layer of the package computes on numpy arrays (scikit-learn stages) or
+torch tensors (torch stages) with one implementation; the helpers here are the
+only places that look at which one they hold. Torch is imported lazily: the
+scikit-learn path never imports it.
+
+This module imports nothing of the package (it is the bottom layer).
+"""
+
+import sys
+
+import numpy as np
+
+__all__ = [
+    "is_torch",
+    "is_torch_module",
+    "import_torch",
+    "xp",
+    "softmax",
+    "to_numpy",
+    "concat",
+    "nbytes",
+    "as_backend",
+    "zeros_like_backend",
+    "as_float_tensor",
+    "resolve_device",
+    "progress",
+]
+
+#: What to tell a user whose environment has no torch.
+TORCH_INSTALL_HINT = (
+    "Install it with `pip install 'sklearn-e2cm[torch]'` (or `pip install torch`; see "
+    "https://pytorch.org/get-started/locally/ for a CPU-only or CUDA build)."
+)
+
+
+def is_torch(a):
+    """Whether ``a`` is a torch object (tensor), without importing torch."""
+    return type(a).__module__.split(".")[0] == "torch"
+
+
+def is_torch_module(obj):
+    """Whether ``obj`` is a ``torch.nn.Module`` (False when torch was never imported)."""
+    if "torch" not in sys.modules:
+        return False
+    import torch
+
+    return isinstance(obj, torch.nn.Module)
+
+
+def import_torch(what="This feature"):
+    """Import torch, or raise an ImportError saying how to install it.
+
+    Parameters
+    ----------
+    what : str
+        What needs torch, for the message (e.g. ``"DEC"``).
+
+    Returns
+    -------
+    torch : module
+    """
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{what} needs PyTorch, which is not installed. {TORCH_INSTALL_HINT}") \
+            from exc
+    return torch
+
+
+class _NumpyOps:
+    @staticmethod
+    def sqrt(a):
+        return np.sqrt(a)
+
+    @staticmethod
+    def clip_min(a, v):
+        return np.maximum(a, v)
+
+    @staticmethod
+    def exp(a):
+        return np.exp(a)
+
+    @staticmethod
+    def log(a):
+        return np.log(a)
+
+    @staticmethod
+    def rowmax(a):
+        return a.max(axis=1, keepdims=True)
+
+    @staticmethod
+    def rowsum(a):
+        return a.sum(axis=1, keepdims=True)
+
+    @staticmethod
+    def asarray_like(arr, like):
+        return np.asarray(arr, dtype=like.dtype)
+
+
+class _TorchOps:
+    @staticmethod
+    def sqrt(a):
+        return a.sqrt()
+
+    @staticmethod
+    def clip_min(a, v):
+        return a.clamp_min(v)
+
+    @staticmethod
+    def exp(a):
+        return a.exp()
+
+    @staticmethod
+    def log(a):
+        return a.log()
+
+    @staticmethod
+    def rowmax(a):
+        return a.amax(dim=1, keepdim=True)
+
+    @staticmethod
+    def rowsum(a):
+        return a.sum(dim=1, keepdim=True)
+
+    @staticmethod
+    def asarray_like(arr, like):
+        import torch
+
+        return torch.as_tensor(np.asarray(arr), dtype=like.dtype, device=like.device)
+
+
+def xp(a):
+    """The operations namespace (``sqrt``, ``clip_min``, ``exp``, ``log``, ``rowmax``,
+    ``rowsum``, ``asarray_like``) for the array type of ``a``."""
+    return _TorchOps if is_torch(a) else _NumpyOps
+
+
+def softmax(scores):
+    """Row-wise numerically stable softmax of a numpy array or torch tensor.
+
+    Parameters
+    ----------
+    scores : array of shape (n_samples, n_classes)
+
+    Returns
+    -------
+    proba : array of shape (n_samples, n_classes)
+        Same array type, dtype and device as ``scores``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> softmax(np.array([[0.0, 0.0], [1000.0, 0.0]])).round(3)
+    array([[0.5, 0.5],
+           [1. , 0. ]])
+    """
+    ops = xp(scores)
+    e = ops.exp(scores - ops.rowmax(scores))
+    return e / ops.rowsum(e)
+
+
+def to_numpy(a):
+    """A numpy view or copy of an array or tensor (detached, on the host)."""
+    if is_torch(a):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def concat(parts, axis=0):
+    """Concatenate numpy arrays or torch tensors (all of one kind) along ``axis``."""
+    if is_torch(parts[0]):
+        import torch
+
+        return torch.cat(list(parts), dim=axis)
+    return np.concatenate(parts, axis=axis)
+
+
+def nbytes(a):
+    """Bytes held by the elements of an array or tensor."""
+    return a.element_size() * a.nelement() if hasattr(a, "element_size") else a.nbytes
+
+
+def as_backend(arr, like):
+    """``arr`` as an array of the kind, dtype and device of ``like``."""
+    return xp(like).asarray_like(arr, like)
+
+
+def zeros_like_backend(shape, like):
+    """Zeros of ``shape`` with the kind, dtype and device of ``like``."""
+    if is_torch(like):
+        import torch
+
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+    return np.zeros(shape, dtype=like.dtype)
+
+
+def as_float_tensor(X, device):
+    """A float32 torch tensor of ``X`` on ``device`` (numpy input is copied)."""
+    torch = import_torch()
+    if isinstance(X, torch.Tensor):
+        return X.to(device=device, dtype=torch.float32)
+    return torch.tensor(np.asarray(X), dtype=torch.float32, device=device)
+
+
+_DEVICE_HELP = "use 'cpu', 'cuda', 'cuda:0', 'auto' or a torch.device"
+
+
+def resolve_device(device):
+    """A ``torch.device`` from ``None`` (CPU), ``"auto"``, a string or a device.
+
+    Raises
+    ------
+    ValueError
+        When ``device`` names no torch device, or asks for CUDA where it is
+        not available.
+    """
+    torch = import_torch("A torch device")
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        if device.strip().lower() == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"device={device!r} is not a torch device; {_DEVICE_HELP}.") \
+                from exc
+    else:
+        raise ValueError(f"device={device!r} is not a torch device; {_DEVICE_HELP}.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} asks for CUDA, which is not available here; use device='cpu' "
+            "or device='auto'."
+        )
+    return dev
+
+
+def progress(iterable, verbose, desc, total=None):
+    """``iterable`` wrapped in a tqdm progress bar when ``verbose``, else unchanged.
+
+    Parameters
+    ----------
+    iterable : iterable
+    verbose : bool or int
+    desc : str
+        Label of the bar.
+    total : int, default=None
+        Length, for iterables without ``len``.
+
+    Returns
+    -------
+    iterable
+    """
+    if not verbose:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False)
