@@ -126,7 +126,8 @@ class ClassStatsAccumulator:
         self.shift = None
         self.n_seen = 0
 
-    def _grow(self, n_classes, n_features):
+    def grow(self, n_classes, n_features):
+        """Make room for ``n_classes`` classes of ``n_features`` features (zeros)."""
         if self.sums is None:
             self.sums = np.zeros((n_classes, n_features))
             self.weights = np.zeros(n_classes)
@@ -158,7 +159,7 @@ class ClassStatsAccumulator:
         if y_idx.shape[0] == 0:
             return
         n_classes = int(y_idx.max()) + 1
-        self._grow(max(n_classes, 0 if self.sums is None else self.sums.shape[0]), F.shape[1])
+        self.grow(max(n_classes, 0 if self.sums is None else self.sums.shape[0]), F.shape[1])
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         K, n = self.sums.shape[0], F.shape[0]
         if is_torch(F):

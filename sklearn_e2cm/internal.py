@@ -59,15 +59,25 @@ from ._backend import (
     zeros_like_backend,
 )
 from ._class_means import head_flops
-from ._routing import iter_stages
-from .early_exit import (
-    EarlyExitClassMeans,
-    _activated,
-    _copy_input_attrs,
-    _EarlyExitBase,
-    _is_torch_stages,
-    _LabelIndex,
+from ._exit_estimator import EarlyExitBase
+from ._fitting.inputs import (
+    LabelIndex,
+    calibration_split,
+    fit_adapter,
+    resolve_stage_costs,
+    take_rows,
+    validate_fit_input,
 )
+from ._fitting.passes import (
+    ClassMeansData,
+    ClassMeansParams,
+    check_covariance_size,
+    collect_stage_outputs,
+    fit_class_means,
+    forward_source,
+)
+from ._routing import iter_stages
+from .stages import is_torch_stages, make_stage_adapter
 from .stages._grouped import GroupedStages
 
 __all__ = ["InternalClassifierEarlyExit"]
@@ -294,7 +304,7 @@ class _ICHead:
         return int(b)
 
 
-class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator):
+class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator):
     """Early exits by trained internal classifiers (SDN / BranchyNet / BWDS), optionally
     combined with E²CM.
 
@@ -467,20 +477,12 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = not _is_torch_stages(self.stages)
+        tags.input_tags.two_d_array = not is_torch_stages(self.stages)
         tags.input_tags.allow_nan = False
         tags.classifier_tags.poor_score = True
         return tags
 
     # --------------------------------------------------------------- helpers
-    def _helper(self, random_state=None):
-        """An EarlyExitClassMeans sharing this estimator's stages and data handling."""
-        return EarlyExitClassMeans(
-            stages=self.stages, pooling=self.pooling, calibration=self.calibration,
-            final_classifier=self.final_classifier, batch_size=self.batch_size,
-            device=self.device, random_state=random_state, verbose=self.verbose,
-        )
-
     def _resolve_exits(self, base, stage_flops):
         """Sorted unique base-stage indices of the exits (the final stage excluded)."""
         M = base.n_stages
@@ -517,10 +519,6 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
             out.append(j)
         return sorted(set(out))
 
-    def _validate_X(self, X):
-        check_is_fitted(self)
-        return self._input._validate_X(X)
-
     # ------------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y=None, sample_weight=None):
@@ -529,17 +527,24 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
         Parameters
         ----------
         X : array-like of shape (n_samples, ...) or torch tensor
+            Training input (a DataLoader is not supported: rows are shuffled
+            every epoch).
         y : array-like of shape (n_samples,)
+            Labels.
         sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the training loss, the class means and the tuning scores.
 
         Returns
         -------
         self : object
+            The fitted estimator.
         """
         rng = check_random_state(self.random_state)
-        helper = self._helper(rng.randint(np.iinfo(np.int32).max))
-        base = helper._make_adapter()
-        X, y, sample_weight, streaming = helper._validate_fit_input(base, X, y, sample_weight)
+        rng.randint(np.iinfo(np.int32).max)  # kept: the seed stream of earlier versions
+        base = make_stage_adapter(self.stages, pooling=self.pooling, device=self.device,
+                                  batch_size=self.batch_size,
+                                  final_classifier=self.final_classifier)
+        X, y, sample_weight, streaming = validate_fit_input(self, base, X, y, sample_weight)
         if streaming:
             raise ValueError(
                 "InternalClassifierEarlyExit trains on array or tensor input (it shuffles the "
@@ -550,72 +555,77 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
                 f"method='bwds' exits by its decision functions; criterion={self.criterion!r} "
                 "applies to 'sdn' and 'branchynet' only (leave it None)."
             )
-        fit_idx, tune_idx = helper._calibration_split(y, rng, False)
-        X_fit, y_fit, w_fit = X, y, sample_weight
-        X_tune, y_tune, w_tune = X, y, sample_weight
+        fit_idx, tune_idx = calibration_split(y, self.calibration, rng, False)
+        fit_rows = (X, y, sample_weight)
+        tune_rows = fit_rows
         if tune_idx is not None:
-            X_fit, y_fit = helper._take(X, fit_idx), y[fit_idx]
-            X_tune, y_tune = helper._take(X, tune_idx), y[tune_idx]
-            if sample_weight is not None:
-                w_fit, w_tune = sample_weight[fit_idx], sample_weight[tune_idx]
+            fit_rows = (take_rows(X, fit_idx), y[fit_idx],
+                        None if sample_weight is None else sample_weight[fit_idx])
+            tune_rows = (take_rows(X, tune_idx), y[tune_idx],
+                         None if sample_weight is None else sample_weight[tune_idx])
         classes = np.unique(y)
-        labels = _LabelIndex(classes)
-        helper._fit_adapter(base, X_fit, y_fit, w_fit, labels, False)
-        helper._adapter = base
-        self._input = helper  # validates predict-time input as fit did
-        _copy_input_attrs(helper, self)
+        fit_adapter(self, base, *fit_rows, LabelIndex(classes), False, self.final_classifier)
         self.classes_ = classes
-        K = len(classes)
-
-        helper.stage_costs = self.stage_costs
-        stage_flops = helper._resolve_stage_costs(base.stage_flops_,
-                                                  getattr(base, "cost_errors_", {}))
-        exits = self._resolve_exits(base, stage_flops)
-        grouped = GroupedStages(base, exits, stage_flops=stage_flops)
+        stage_flops = resolve_stage_costs(base.stage_flops_, base.cost_errors_,
+                                          self.stage_costs)
+        grouped = GroupedStages(base, self._resolve_exits(base, stage_flops),
+                                stage_flops=stage_flops)
         self.exit_stages_ = np.asarray(grouped.ends)
-        G = grouped.n_stages
-        n_ic = G - 1 if grouped.final_is_classifier else G  # exits with an IC
+        self._fit_times = {}
+        e2cm_heads = self._fit_class_means(grouped, fit_rows, rng)
+        heads = self._train_heads(grouped, fit_rows, e2cm_heads, rng)
+        conf, correct, tune_w = self._tuning_arrays(grouped, heads, tune_rows)
+        self._finish_fit(grouped, heads, grouped.stage_flops_, conf, correct, tune_w, rng)
+        return self
+
+    def _n_ics(self, grouped):
+        """Number of exits with an internal classifier (all but a base-model classifier)."""
+        return grouped.n_stages - 1 if grouped.final_is_classifier else grouped.n_stages
+
+    def _fit_class_means(self, grouped, fit_rows, rng):
+        """Class-means heads of every exit when E²CM is used (``class_means`` or ``combine``)."""
+        self.class_means_ = None
+        if not (self.class_means or self.combine):
+            return [None] * grouped.n_stages
+        rng.randint(np.iinfo(np.int32).max)  # kept: the seed stream of earlier versions
+        t0 = time.perf_counter()
+        X_fit, y_fit, w_fit = fit_rows
+        if self.metric == "mahalanobis":
+            check_covariance_size(grouped, 2**28)
+        data = ClassMeansData(
+            adapter=grouped, labels=LabelIndex(self.classes_),
+            fit_source=forward_source(grouped, X_fit, y_fit, self.batch_size,
+                                      verbose=self.verbose, desc="IC fit (class means)"),
+            fit_weights=w_fit, n_fit=len(y_fit))
+        fit = fit_class_means(data, ClassMeansParams(metric=self.metric, cache_size=1.5e9))
+        self.class_means_ = fit.means
+        self._fit_times["class means"] = time.perf_counter() - t0
+        return list(fit.heads)
+
+    def _train_heads(self, grouped, fit_rows, e2cm_heads, rng):
+        """Train the internal classifiers, then (BWDS) the decision functions."""
+        X_fit, y_fit, w_fit = fit_rows
+        G, n_ic, K = grouped.n_stages, self._n_ics(grouped), len(self.classes_)
         criterion = "decision" if self.method == "bwds" else (
             self.criterion or _DEFAULT_CRITERION[self.method])
-        self._fit_times = {}
-
-        # ---- class means of every exit (E²CM), when used
-        e2cm_heads = [None] * G
-        self.class_means_ = None
-        if self.class_means or self.combine:
-            t0 = time.perf_counter()
-            cm = EarlyExitClassMeans(
-                metric=self.metric, pooling=self.pooling, batch_size=self.batch_size,
-                device=self.device,
-                random_state=rng.randint(np.iinfo(np.int32).max), verbose=self.verbose)
-            src = cm._forward_source(grouped, X_fit, y_fit, "IC fit (class means)")
-            cm._fit_from_sources(grouped, _LabelIndex(classes), False, src, w_fit, None, None,
-                                 None, len(y_fit), check_random_state(0), cache_ok=True)
-            e2cm_heads = list(cm._heads)
-            self.class_means_ = cm.class_means_
-            self._fit_times["class means"] = time.perf_counter() - t0
-
-        # ---- train the internal classifiers, then (BWDS) the decision functions
-        y_fit_idx = np.searchsorted(classes, y_fit)
-        t0 = time.perf_counter()
-        ics = [_LinearSoftmax(K, self.learning_rate) for _ in range(n_ic)]
+        y_fit_idx = np.searchsorted(self.classes_, y_fit)
         e2cm_input = bool(self.class_means)
-        tmp_heads = [_ICHead(None, None, criterion, e2cm_heads[g], e2cm_input) for g in range(n_ic)]
+        heads = [_ICHead(None, None, criterion, e2cm_heads[g], e2cm_input, combine=self.combine)
+                 for g in range(n_ic)]
+        t0 = time.perf_counter()
 
         def train(models, target, desc):
-            with _activated(grouped):
+            with grouped.activate():
                 for epoch in range(self.epochs):
                     order = rng.permutation(len(y_fit_idx))
-                    Xe = helper._take(X_fit, order)
-                    ye = y_fit_idx[order]
+                    Xe, ye = take_rows(X_fit, order), y_fit_idx[order]
                     we = None if w_fit is None else w_fit[order]
                     start = 0
                     batches = progress(grouped.batches(Xe, None, self.batch_size), self.verbose,
                                        f"{desc} (epoch {epoch + 1}/{self.epochs})")
                     for Xb, _ in batches:
                         n = grouped.n_rows(Xb)
-                        yb = ye[start:start + n]
-                        wb = None if we is None else we[start:start + n]
+                        yb, wb = ye[start:start + n], None if we is None else we[start:start + n]
                         start += n
                         need_final = target is not None and grouped.final_is_classifier
                         feats, final_idx = [], None
@@ -623,76 +633,59 @@ class InternalClassifierEarlyExit(ClassifierMixin, _EarlyExitBase, BaseEstimator
                             if idx is not None:
                                 final_idx = idx
                             elif g < n_ic:
-                                feats.append(tmp_heads[g].inputs(F))
+                                feats.append(heads[g].inputs(F))
                         for g, V in enumerate(feats):
                             t = yb if target is None else target(g, V, yb, final_idx)
                             models[g].partial_fit(V, t, wb)
 
+        ics = [_LinearSoftmax(K, self.learning_rate) for _ in range(n_ic)]
         train(ics, None, "IC training")
         for g, m in enumerate(ics):
-            tmp_heads[g].W, tmp_heads[g].b = m.export()
+            heads[g].W, heads[g].b = m.export()
         if criterion == "decision":
             decisions = [_LinearSoftmax(2, self.learning_rate) for _ in range(n_ic)]
 
             def safe(g, V, yb, final_idx):
-                P = softmax(V @ as_backend(tmp_heads[g].W, V).T
-                            + as_backend(tmp_heads[g].b, V)[None, :])
-                pred = to_numpy(P.argmax(1))
-                ok = pred == yb
+                P = softmax(V @ as_backend(heads[g].W, V).T + as_backend(heads[g].b, V)[None, :])
+                ok = to_numpy(P.argmax(1)) == yb
                 if final_idx is not None:
                     ok |= np.asarray(final_idx) != yb  # the base model is wrong too
                 return ok.astype(np.intp)
 
             train(decisions, safe, "BWDS decision functions")
             for g, m in enumerate(decisions):
-                tmp_heads[g].Wd, tmp_heads[g].bd = m.export()
+                heads[g].Wd, heads[g].bd = m.export()
         self._fit_times["training"] = time.perf_counter() - t0
-        heads = []
-        for g in range(G):
-            if g < n_ic:
-                h = tmp_heads[g]
-                heads.append(_ICHead(h.W, h.b, criterion, e2cm_heads[g], e2cm_input, h.Wd, h.bd,
-                                     self.combine))
-            else:
-                heads.append(None)  # the base model's own classifier decides
+        return heads + [None] * (G - n_ic)  # the base model's own classifier decides last
 
-        # ---- tuning pass: every exit's prediction and confidence
+    def _tuning_arrays(self, grouped, heads, tune_rows):
+        """Every exit's confidence and correctness on the tuning rows; combined quantiles."""
+        X_tune, y_tune, w_tune = tune_rows
         t0 = time.perf_counter()
-        N = len(y_tune)
-        conf = np.zeros((N, G))
-        conf_e = np.zeros((N, G))
-        pred = np.zeros((N, G), dtype=np.intp)
-        start = 0
-        with _activated(grouped):
-            for Xb, _ in grouped.batches(X_tune, None, self.batch_size):
-                n = grouped.n_rows(Xb)
-                for g, F, idx in iter_stages(grouped, Xb):
-                    if idx is not None:
-                        pred[start:start + n, g] = idx
-                        conf[start:start + n, g] = to_numpy(F).max(axis=1)
-                        continue
-                    P, c, ce = heads[g].raw(F)
-                    pred[start:start + n, g] = to_numpy(P.argmax(1))
-                    conf[start:start + n, g] = c
-                    if ce is not None:
-                        conf_e[start:start + n, g] = ce
-                start += n
+
+        def outputs(g, F, idx):
+            if idx is not None:  # the base model's classifier
+                return idx, to_numpy(F).max(axis=1), np.zeros(len(idx))
+            P, c, ce = heads[g].raw(F)
+            return to_numpy(P.argmax(1)), c, (np.zeros(len(c)) if ce is None else ce)
+
+        source = forward_source(grouped, X_tune, None, self.batch_size)
+        with grouped.activate():
+            per_exit = collect_stage_outputs(source(), outputs, grouped.n_stages)
+        pred, conf, conf_e = (np.column_stack([p[k] for p in per_exit]) for k in range(3))
+        conf = conf.astype(np.float64)
         if self.combine:
-            for g in range(n_ic):
+            for g in range(self._n_ics(grouped)):
                 heads[g].set_quantiles(conf[:, g], conf_e[:, g])
                 conf[:, g] = heads[g].combined(conf[:, g], conf_e[:, g])
         self._fit_times["tuning pass"] = time.perf_counter() - t0
-        correct = pred == np.searchsorted(classes, y_tune)[:, None]
+        correct = pred == np.searchsorted(self.classes_, y_tune)[:, None]
         self.train_accuracy_ = correct.mean(axis=0)
-        ic_acc = self.train_accuracy_[:n_ic]
+        ic_acc = self.train_accuracy_[:self._n_ics(grouped)]
+        K = len(self.classes_)
         if self.flops_target is not None and ic_acc.size and np.all(ic_acc < 1.0 / K + 0.05):
             warnings.warn(
                 "The internal classifiers are barely better than chance on the tuning data "
                 f"(accuracy {np.round(ic_acc, 3).tolist()}); train them for "
-                "more epochs or with another learning_rate.", UserWarning, stacklevel=2)
-        self._finish(grouped, heads, conf, correct, w_tune, rng)
-        return self
-
-    def _finish(self, grouped, heads, conf, correct, w, rng):
-        """Cost model and operating point, by the machinery shared with E²CM."""
-        self._finish_fit(grouped, heads, grouped.stage_flops_, conf, correct, w, rng)
+                "more epochs or with another learning_rate.", UserWarning, stacklevel=3)
+        return conf, correct, w_tune

@@ -9,7 +9,7 @@ when something is drawn.
 import numpy as np
 
 from ._scoring import check_targets, metric_scores, resolve_scoring
-from ._thresholds import SEARCH_METHODS, sweep, upper_hull
+from ._thresholds import SEARCH_METHODS, sweep_with_extremes, upper_hull
 
 __all__ = ["TradeoffDisplay"]
 
@@ -345,12 +345,10 @@ class TradeoffDisplay:
                               estimator)
         if y is None and sc.needs_y():
             raise ValueError(f"scoring={sc.name!r} needs y; pass y or scoring='agreement'.")
-        if sc.kind == "accuracy":
-            table = estimator.exit_table(X, y, sample_weight=sample_weight)
-        elif sc.kind == "agreement":
-            table = estimator.exit_table(X, None, sample_weight=sample_weight)
-        else:
-            table = estimator.exit_table(X, None, sample_weight=sample_weight)
+        # per-sample correctness against y for accuracy; agreement otherwise (a metric is
+        # computed on predictions rebuilt from the table)
+        table = estimator.exit_table(X, y if sc.kind == "accuracy" else None,
+                                     sample_weight=sample_weight)
         M1 = table.n_stages - 1
         tradeoff = getattr(estimator, "tradeoff_", None)
         swept = tradeoff is not None and len(tradeoff) > 2
@@ -375,11 +373,8 @@ class TradeoffDisplay:
             hull_idx = np.flatnonzero(on)[order]
             hull_flops, hull_score = flops[hull_idx], score[hull_idx]
         else:
-            targets = check_targets(flops_targets)
-            T, flops, _ = sweep(table, targets, method=method, random_state=random_state)
-            T = np.vstack([T, np.zeros(M1), np.ones(M1)])
-            flops = np.append(flops, table.evaluate_many(np.vstack([np.zeros(M1),
-                                                                     np.ones(M1)]))[0])
+            _, T, flops, _ = sweep_with_extremes(table, check_targets(flops_targets),
+                                                 method=method, random_state=random_state)
             score = score_of(T)
             h = upper_hull(flops, score)
             hull_flops, hull_score = flops[h], score[h]

@@ -32,16 +32,24 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, indexable
 
 from ._backend import progress
+from ._exit_estimator import (
+    exit_table_from_source,
+    routing_uniforms,
+    serve_from_sweep,
+    sweep_seed_of,
+    tuning_table_of,
+)
 from ._scoring import check_targets, metric_of, metric_scores, resolve_scoring
 from ._thresholds import (
     SEARCH_METHODS,
     evaluate_mixtures,
     mixture_exits,
     mixture_values,
-    sweep,
+    sweep_with_extremes,
     time_sharing,
     upper_hull,
 )
+from .early_exit import EarlyExitClassMeans, fit_on_shared_rows, share_stage_outputs
 
 __all__ = ["FlopBudgetSearchCV"]
 
@@ -58,14 +66,15 @@ def _table_fn(est, shared):
     """``table(data, y, w)``: ``est``'s exit table of ``data`` (X, or row indices of ``shared``)."""
     if shared is None:
         return lambda data, y, w: est.exit_table(data, y, sample_weight=w)
-    return lambda rows, y, w: est._exit_table_shared(shared, rows, y, w)
+    return lambda rows, y, w: exit_table_from_source(
+        est, shared.source(np.asarray(rows), None, est.batch_size), shared.context, y, w)
 
 
 def _tuning_table(est, X, y, sample_weight, scoring, shared=None):
     """The exit table the thresholds are tuned on, with the right correctness."""
     table = _table_fn(est, shared)
     if scoring.kind == "accuracy":
-        tuned = getattr(est, "_tuning_table", None)
+        tuned = tuning_table_of(est)
         if tuned is not None and is_classifier(est):
             return tuned  # what fit computed: the estimator's own tuning data
         return table(X, y, sample_weight)
@@ -89,14 +98,8 @@ def _scored_sweep(table, targets, method, seed, scoring, y, sample_weight=None, 
     Returns (targets, thresholds, costs, scores) with two extra rows: every
     sample at the first exit, and the base model (target NaN).
     """
-    M1 = table.n_stages - 1
-    T, c, s = sweep(table, targets, method=method, random_state=seed, progress=progress)
-    ext = np.vstack([np.zeros(M1), np.ones(M1)])
-    ce, se = table.evaluate_many(ext)
-    T = np.vstack([T, ext])
-    c = np.append(c, ce)
-    s = np.append(s, se)
-    tg = np.append(np.asarray(targets, dtype=np.float64), [np.nan, np.nan])
+    tg, T, c, s = sweep_with_extremes(table, targets, method=method, random_state=seed,
+                                      progress=progress)
     if scoring.kind == "metric":
         s = metric_scores(table, T, y, scoring, sample_weight)
     return tg, T, c, s
@@ -141,18 +144,6 @@ def _tuning_grid(est, targets, points=False):
     return targets
 
 
-def _sweep_seed(est, seed):
-    """The estimator's own sweep seed (drawn in its fit), else the search's."""
-    own = getattr(est, "_sweep_seed", None)
-    return seed if own is None else int(own)
-
-
-def _routing_uniforms(est, X):
-    """Per-row time-sharing uniforms of ``est.route`` on ``X``, or None if unknown."""
-    fn = getattr(est, "_time_sharing_uniforms", None)
-    return None if fn is None else fn(X)
-
-
 def _fold(estimator, X, y, w, train, test, targets, method, scoring, seed, return_train,
           shared=None, points=False):
     """Fit one fold, sweep every target on its tuning table, score on the held-out part.
@@ -180,9 +171,9 @@ def _fold(estimator, X, y, w, train, test, targets, method, scoring, seed, retur
     if shared is None:
         _fit_estimator(est, X_tr, y_tr, w_tr)
     else:
-        est._fit_shared(shared, train)
+        fit_on_shared_rows(est, shared, train)
     tune = _tuning_table(est, X_tr, y_tr, w_tr, scoring, shared)
-    seed = _sweep_seed(est, seed)
+    seed = sweep_seed_of(est, seed)
     tg, T, c, s = _scored_sweep(tune, _tuning_grid(est, targets, points), method, seed,
                                 scoring, y_tr, w_tr)
     hull, mixtures = _operating_points(c, s, targets, points)
@@ -191,7 +182,7 @@ def _fold(estimator, X, y, w, train, test, targets, method, scoring, seed, retur
     held = _eval_table(est, X_te, y_te, w_te, scoring, shared)
     M1 = held.n_stages - 1
     base_c, base_s = held.evaluate(np.ones(M1))
-    u = _routing_uniforms(est, _safe_indexing(X, test) if shared is not None else X_te)
+    u = routing_uniforms(est, _safe_indexing(X, test) if shared is not None else X_te)
     Th = T[hull]
     if scoring.kind == "metric":
         # non-decomposable: rebuild the routed predictions of each served mixture
@@ -203,7 +194,7 @@ def _fold(estimator, X, y, w, train, test, targets, method, scoring, seed, retur
         test_score = np.empty(len(mixtures))
         for p, (v, wv) in enumerate(mixtures):
             exits, cost = mixture_exits(held, Th, v, wv, u, cache)
-            test_flops[p] = held._mean(cost)
+            test_flops[p] = held.weighted_mean(cost)
             test_score[p] = metric_of(held, held.pred_labels[rows, exits], y_te, scoring, w_te)
         base_s = metric_of(held, held.predict_indices(np.ones(M1)), y_te, scoring, w_te)
     else:
@@ -394,8 +385,6 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         Seconds to fit and tune :attr:`best_estimator_`.
     scorer_ : str
         Name of the scoring used.
-    multimetric_ : bool
-        Always False.
 
     See Also
     --------
@@ -515,7 +504,6 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             w = _check_sample_weight(sample_weight, X, dtype=np.float64)
         rng = check_random_state(self.random_state)
         self.scorer_ = scoring.name
-        self.multimetric_ = False
         self._scoring = scoring
         self._targets = targets
         self.shared_stage_outputs_ = False
@@ -568,7 +556,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             _fit_estimator(est, X, y, w)
             table = _tuning_table(est, X, y, w, scoring)
         tg, T, c, s = _scored_sweep(table, _tuning_grid(est, targets, self._points),
-                                    self.method_, _sweep_seed(est, seed), scoring, y, w,
+                                    self.method_, sweep_seed_of(est, seed), scoring, y, w,
                                     progress=self._progress(None, f"{self.method_} search"))
         served, mixtures = _operating_points(c, s, targets, self._points)
         hull = upper_hull(c, s)
@@ -657,7 +645,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             if shared is not None:
                 est = template
                 rows = np.arange(shared.n_samples)
-                est._fit_shared(shared, rows)
+                fit_on_shared_rows(est, shared, rows)
                 table = _tuning_table(est, rows, y, w, scoring, shared)
             else:
                 est = clone(estimator)
@@ -665,7 +653,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
                 _fit_estimator(est, X, y, w)
                 table = _tuning_table(est, X, y, w, scoring)
             sweep_out = _scored_sweep(table, _tuning_grid(est, targets, self._points),
-                                      self.method_, _sweep_seed(est, int(seeds[-1])), scoring,
+                                      self.method_, sweep_seed_of(est, int(seeds[-1])), scoring,
                                       y, w)
             c, s, T = sweep_out[2], sweep_out[3], sweep_out[1]
             if self._points:  # each front row is served by its own target's point
@@ -684,11 +672,10 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
     def _shared_pass(self, estimator, X, y, w, splits):
         """``(template, shared)``: one forward pass for all folds, or ``(None, None)``."""
         share = self.share_stage_outputs
-        hook = getattr(estimator, "_share_stage_outputs", None)
         reason = None
         if share is False:
             reason = "share_stage_outputs=False"
-        elif hook is None:
+        elif not isinstance(estimator, EarlyExitClassMeans):
             reason = f"{type(estimator).__name__} cannot fit from shared stage outputs"
         elif y is None:
             reason = "no labels"
@@ -703,13 +690,10 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         if reason is None:
             template = clone(estimator)
             _reset_operating_params(template)
-            if hasattr(template, "_validate_params"):
-                template._validate_params()  # what its fit would check first
+            template._validate_params()  # what its fit would check first
             t0 = time.perf_counter()
-            shared = template._share_stage_outputs(X, y, w)
+            shared, reason = share_stage_outputs(template, X, y, w)
             self.shared_pass_time_ = time.perf_counter() - t0
-            if shared is None:
-                reason = template._share_reason
         if shared is None and share is True:
             raise ValueError(f"share_stage_outputs=True but the forward pass cannot be "
                              f"shared: {reason}.")
@@ -733,22 +717,15 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         new = {"flops_target": float(target)}
         if "thresholds" in params:
             new["thresholds"] = None
-        if "threshold_search" in params:
-            candidate = "coordinate" if self.method_ == "coordinate" else "hull"
-            try:  # only if the estimator accepts the value (refits then search the same way)
-                trial = clone(est).set_params(threshold_search=candidate)
-                trial._validate_params()
-                new["threshold_search"] = candidate
-            except Exception:  # noqa: BLE001 - keep the estimator's own search
-                pass
-        if self._points:
-            new.pop("threshold_search", None)  # keep the single-target search
+        if "threshold_search" in params and not self._points:
+            # refits then search the same way (a single-target search keeps its own)
+            new["threshold_search"] = "coordinate" if self.method_ == "coordinate" else "hull"
         est.set_params(**new)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             # single-target search: the estimator's own bisection at the target, which the
             # keyed starts make identical to the sweep's point for that target
-            est._choose_operating_point(table, precomputed=None if self._points else sweep_out)
+            serve_from_sweep(est, table, None if self._points else sweep_out)
 
     def _format_results(self, targets, folds):
         P = len(targets)

@@ -1,4 +1,4 @@
-"""Tests for sklearn_e2cm.cluster: DEC and the training machinery of DECEarlyExit."""
+"""Tests for sklearn_e2cm.cluster: DEC, its training library and DECEarlyExit."""
 
 import pickle
 import subprocess
@@ -15,17 +15,17 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 torch = pytest.importorskip("torch")
 
-from sklearn_e2cm.cluster import (  # noqa: E402
-    DEC,
+from sklearn_e2cm.cluster import DEC  # noqa: E402
+from sklearn_e2cm.cluster._training import (  # noqa: E402
     _align_to,
     _build_encoder,
     _fit_prefix_head,
     _forward,
     _linear_layers,
     _pretrain_autoencoder,
-    _soft_assign_numpy,
     _target_distribution,
 )
+from sklearn_e2cm.stages._dec import _soft_assign_numpy  # noqa: E402
 from sklearn_e2cm._backend import import_torch  # noqa: E402
 from sklearn_e2cm.metrics import clustering_accuracy, clustering_accuracy_scorer  # noqa: E402
 
@@ -40,6 +40,29 @@ TINY = dict(
     update_interval=20,
     n_init=5,
 )
+
+
+#: Estimator checks expected to fail, with the reason (``parametrize_with_checks``).
+#: Embeddings are computed in float32 in mini-batches of ``batch_size`` rows;
+#: reordering the rows changes which rows share a batch and the batch sizes,
+#: hence the BLAS kernels and blocking, which can move ``transform`` (and
+#: ``predict_proba``) by about one float32 ulp (~6e-8 seen on 16 cores with
+#: torch 2.11), above the check's 1e-7 relative tolerance. Making them exactly
+#: order-invariant would mean per-row or float64 inference, changing every
+#: fitted model's outputs and slowing inference; the cluster ids are
+#: order-invariant (up to points on a boundary), which
+#: ``test_sample_order_invariance_within_float32`` checks, with the embeddings
+#: to float32 precision.
+_EXPECTED_FAILED_CHECKS = {
+    "check_methods_sample_order_invariance": (
+        "float32 mini-batch inference: reordering rows changes BLAS blocking, so transform "
+        "moves by ~1 ulp; see test_sample_order_invariance_within_float32"
+    ),
+}
+
+
+def _expected_failed_checks(estimator):
+    return _EXPECTED_FAILED_CHECKS
 
 
 @pytest.fixture(autouse=True)
@@ -243,7 +266,8 @@ def test_module_import_does_not_import_torch():
             n_clusters=3, hidden=(8,), embedding_dim=2, pretrain_epochs=2, max_iter=10,
             update_interval=5, n_init=2, batch_size=16, random_state=0,
         )
-    ]
+    ],
+    expected_failed_checks=_expected_failed_checks,
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
@@ -364,7 +388,7 @@ import copy  # noqa: E402
 
 from sklearn_e2cm import DECEarlyExit  # noqa: E402
 from sklearn_e2cm._class_means import head_flops  # noqa: E402
-from sklearn_e2cm.cluster import _DECStages, _mlp_flops  # noqa: E402
+from sklearn_e2cm.stages._dec import DECStages, _mlp_flops  # noqa: E402
 
 
 def _with_one_thread(fn):
@@ -604,6 +628,34 @@ def test_ee_pickle_and_joblib(ee, x_new, tmp_path):
         np.testing.assert_array_equal(a.flops, b.flops)
         np.testing.assert_array_equal(restored.transform(X), est.transform(X))
         assert restored.tradeoff_curve(X, y).equals(est.tradeoff_curve(X, y))
+        # the per-sample tuning arrays are not pickled, and pickling keeps them on est
+        assert not hasattr(restored, "_tuning_table")
+    assert est._tuning_table is ee._tuning_table
+    assert "_tuning_table" not in est.__getstate__()
+    with pytest.raises(RuntimeError, match="tuning arrays are not available"):
+        pickle.loads(pickle.dumps(est)).set_operating_point(flops_target=0.5)
+    copied = copy.deepcopy(est)
+    assert not hasattr(copied, "_tuning_table")
+    np.testing.assert_array_equal(copied.predict(X), est.predict(X))
+
+
+def test_sample_order_invariance_within_float32(ee, large, x_new):
+    # Reordering rows changes the inference batches (64 rows here, the last one
+    # partial), so float32 embeddings may move by an ulp (see
+    # _EXPECTED_FAILED_CHECKS); cluster ids, exits and costs must not change.
+    X, _ = x_new
+    perm = np.random.RandomState(0).permutation(X.shape[0])
+    c = ee._hull_costs
+    early = _at(ee, flops_target=float((c[0] + c[1]) / 2))
+    for est in (large, ee, early):
+        np.testing.assert_array_equal(est.predict(X[perm]), est.predict(X)[perm])
+        np.testing.assert_allclose(est.transform(X[perm]), est.transform(X)[perm],
+                                   rtol=1e-5, atol=1e-6)
+    a, b = early.route(X), early.route(X[perm])
+    assert len(np.unique(a.exit_stage)) >= 2
+    np.testing.assert_array_equal(b.exit_stage, a.exit_stage[perm])
+    np.testing.assert_array_equal(b.flops, a.flops[perm])
+    np.testing.assert_allclose(b.proba, a.proba[perm], rtol=1e-5, atol=1e-6)
 
 
 def test_ee_middle_exit_only(blobs, capsys):
@@ -614,7 +666,7 @@ def test_ee_middle_exit_only(blobs, capsys):
     assert est.n_stages_ == 2 and est.exit_depths_ == [2]
     lin = lambda i, o: 2 * i * o + o  # noqa: E731
     assert est.stage_flops_[0] == lin(50, 32) + 32 + lin(32, 32) + 32
-    assert isinstance(est._adapter, _DECStages) and est._adapter.n_stages == 2
+    assert isinstance(est._adapter, DECStages) and est._adapter.n_stages == 2
     r = est.route(X)
     assert set(np.unique(r.exit_stage)) <= {0, 1}
     assert est.thresholds_.shape == (1,)
@@ -681,7 +733,8 @@ def test_ee_on_digits():
             n_clusters=3, hidden=(8, 8), embedding_dim=2, pretrain_epochs=2, max_iter=10,
             update_interval=5, n_init=2, batch_size=16, n_targets=20, random_state=0,
         )
-    ]
+    ],
+    expected_failed_checks=_expected_failed_checks,
 )
 def test_ee_sklearn_compatible(estimator, check):
     check(estimator)

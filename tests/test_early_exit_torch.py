@@ -212,13 +212,14 @@ def test_missing_class_in_labels_is_explicit(stages, data):
 
 def test_search_shares_one_forward_pass_over_the_network(stages, data):
     from sklearn_e2cm import FlopBudgetSearchCV
+    from sklearn_e2cm.early_exit import fit_on_shared_rows, share_stage_outputs
 
     Xtr, ytr, Xte, yte = data
     est = EarlyExitClassMeans(stages=stages, batch_size=128, random_state=0)
-    shared = clone(est)._share_stage_outputs(Xtr, ytr)
+    shared, _ = share_stage_outputs(clone(est), Xtr, ytr)
     assert shared is not None and isinstance(shared.vectors[0], torch.Tensor)
     rows = np.arange(0, len(ytr), 2)
-    a = clone(est).set_params(flops_target=0.5)._fit_shared(shared, rows)
+    a = fit_on_shared_rows(clone(est).set_params(flops_target=0.5), shared, rows)
     b = clone(est).set_params(flops_target=0.5).fit(Xtr[rows], ytr[rows])
     for ca, cb in zip(a.class_means_, b.class_means_):
         np.testing.assert_allclose(ca, cb, rtol=1e-5, atol=1e-6)

@@ -13,6 +13,8 @@ from sklearn.model_selection import KFold, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from sklearn_e2cm._exit_estimator import exit_table_from_source
+from sklearn_e2cm.early_exit import fit_on_shared_rows, share_stage_outputs
 from sklearn_e2cm import EarlyExitClassMeans, FlopBudgetSearchCV
 from sklearn_e2cm._thresholds import upper_hull
 
@@ -60,7 +62,7 @@ def test_cv_results_keys_and_shapes(search):
     np.testing.assert_allclose(res["std_test_score"], split.std(0))
     df = pd.DataFrame(res)
     assert df.shape[0] == P and "mean_test_flops" in df
-    assert search.n_splits_ == 3 and search.multimetric_ is False
+    assert search.n_splits_ == 3
     # train rows (tuning data) serve the target exactly where the hull reaches it
     targets = np.asarray(res["param_flops_target"])
     for k in range(3):
@@ -364,16 +366,17 @@ def test_fit_shared_equals_fit_on_the_rows(data, kw):
     Xtr, Xte, ytr, yte, net = data
     est = _est(net, flops_target=0.4, **kw)
     template = _est(net, **kw)
-    shared = template._share_stage_outputs(Xtr, ytr)
-    assert shared is not None
+    shared, reason = share_stage_outputs(template, Xtr, ytr)
+    assert shared is not None and reason is None
     rows = np.random.default_rng(0).permutation(len(ytr))[:700]
-    a = _est(net, flops_target=0.4, **kw)._fit_shared(shared, rows)
+    a = fit_on_shared_rows(_est(net, flops_target=0.4, **kw), shared, rows)
     b = est.fit(Xtr[rows], ytr[rows])
     for ca, cb in zip(a.class_means_, b.class_means_):
         np.testing.assert_allclose(ca, cb, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(a.mixture_thresholds_, b.mixture_thresholds_, atol=1e-9)
     np.testing.assert_array_equal(a.predict(Xte), b.predict(Xte))
-    ta = a._exit_table_shared(shared, np.arange(50), ytr[:50])
+    ta = exit_table_from_source(a, shared.source(np.arange(50), None, a.batch_size),
+                                shared.context, ytr[:50])
     tb = b.exit_table(Xtr[:50], ytr[:50])
     np.testing.assert_allclose(ta.conf, tb.conf, atol=1e-10)
     np.testing.assert_array_equal(ta.correct, tb.correct)

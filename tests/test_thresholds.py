@@ -7,18 +7,19 @@ from sklearn_e2cm._hashing import assign_rows, row_uniforms, seed_of
 from sklearn_e2cm._thresholds import (
     GRID,
     ExitTable,
-    _coordinate_step,
     bisection_search,
     coordinate_path,
     cumulative_cost,
     evaluate_mixtures,
-    exit_stages,
+    first_exit_stage,
     mixture_exits,
     random_starts,
     sweep,
+    sweep_with_extremes,
     time_sharing,
     upper_hull,
 )
+from sklearn_e2cm._thresholds.coordinate import _AscentData, _coordinate_step
 
 
 def _table(N=400, M=4, seed=0, weights=False, last_head=False, exit_scale=0.05):
@@ -69,7 +70,33 @@ def test_evaluate_matches_reference_loop(weights):
                                       table.pred_labels[np.arange(table.n_samples), exits])
     # one vector per sample (time sharing)
     Trows = rng.random((table.n_samples, 3))
-    np.testing.assert_array_equal(table.exit_stages(Trows), exit_stages(table.conf, Trows))
+    np.testing.assert_array_equal(table.exit_stages(Trows), first_exit_stage(table.conf, Trows))
+
+
+@pytest.mark.parametrize("M", [4, 17, 19])  # uint16 codes with a lookup table, int64 without
+def test_exit_codes_on_the_grid_and_off_it_agree(M):
+    table = _table(N=300, M=M, weights=True)
+    m = np.random.default_rng(2).integers(0, GRID + 1, M - 1)
+    codes = table.exit_codes(grid_index=m)
+    np.testing.assert_array_equal(codes, table.exit_codes(thresholds=m / GRID))
+    assert codes.dtype == table.code_dtype
+    assert (table.lowest_bit_table is None) == (M - 1 > 16)
+    assert (table.bisection_lookup is None) == (M - 1 > 16)
+    exits = table.exits_of_codes(codes)
+    np.testing.assert_array_equal(exits, table.exit_stages(m / GRID))
+    np.testing.assert_array_equal(
+        (table.correct_codes >> exits) & 1, table.correct[np.arange(table.n_samples), exits])
+    c, s = table.cost_and_score(exits, table.costs(m / GRID))
+    assert (c, s) == table.evaluate(m / GRID)
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_weighted_mean_and_its_terms(weights):
+    table = _table(N=50, weights=weights)
+    v = np.random.default_rng(0).random(50)
+    w = np.full(50, 1 / 50) if table.weights is None else table.weights
+    assert table.weighted_mean(v) == pytest.approx(float(w @ v), abs=1e-12)
+    np.testing.assert_allclose(table.weighted_mean(v, per_sample=True), w * v, atol=1e-15)
 
 
 def test_predict_indices_needs_pred_labels():
@@ -173,12 +200,28 @@ def test_mixture_evaluation_matches_a_per_sample_loop(weights):
         assert costs[p] == pytest.approx(c_ref, abs=1e-12)
         assert scores[p] == pytest.approx(s_ref, abs=1e-12)
         exits, cost = mixture_exits(table, T, v, wv, u)
-        assert table._mean(cost) == pytest.approx(c_ref, abs=1e-12)
+        assert table.weighted_mean(cost) == pytest.approx(c_ref, abs=1e-12)
     # without uniforms: the expectation over the mixture weights
     ce, se = evaluate_mixtures(table, T, mixtures)
     vc, vs = table.evaluate_many(T)
     np.testing.assert_allclose(ce, [wv @ vc[v] for v, wv in mixtures], atol=1e-12)
     np.testing.assert_allclose(se, [wv @ vs[v] for v, wv in mixtures], atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["bisect", "coordinate"])
+def test_sweep_with_extremes_appends_all_zeros_and_all_ones(method):
+    table = _table(N=500, M=5, weights=True)
+    targets = np.linspace(0, 1, 11)[1:]
+    tg, T, c, s = sweep_with_extremes(table, targets, method=method, random_state=4)
+    T0, c0, s0 = sweep(table, targets, method=method, random_state=4)
+    np.testing.assert_array_equal(tg[:-2], targets)
+    assert tg.dtype == np.float64 and np.isnan(tg[-2:]).all()
+    np.testing.assert_array_equal(T, np.vstack([T0, np.zeros(4), np.ones(4)]))
+    ce, se = table.evaluate_many(T[-2:])
+    np.testing.assert_array_equal(c, np.append(c0, ce))
+    np.testing.assert_array_equal(s, np.append(s0, se))
+    assert c[-2] == pytest.approx(table.min_cost(), abs=1e-12)  # all at the first exit
+    assert c[-1] == pytest.approx(table.costs(np.ones(4))[-1], abs=1e-12)  # the base model
 
 
 def test_sweep_unknown_method():
@@ -194,13 +237,12 @@ def test_coordinate_step_is_the_exact_1d_optimum(weights):
     """Brute force over every candidate threshold of one stage (and 'off')."""
     table = _table(N=150, M=4, weights=weights, exit_scale=0.2)
     rng = np.random.default_rng(0)
-    pieces = {"correct": table.correct_flat.reshape(4, -1).astype(np.int64), "min_gain": 0.0,
-              "asc": [d[::-1] for _, d, _ in table.sorted_columns]}
+    data = _AscentData.of(table, min_gain=0.0)
     for _ in range(12):
         T = rng.random(3)
         lam = rng.choice([0.0, 0.05, 0.3, 1.0, 3.0])
         j = int(rng.integers(3))
-        codes = table._codes(thresholds=T)
+        codes = table.exit_codes(thresholds=T)
 
         def objective(t):
             T2 = T.copy()
@@ -210,7 +252,7 @@ def test_coordinate_step_is_the_exact_1d_optimum(weights):
 
         cands = np.concatenate([[0.0, 1.0], np.unique(table.conf[:, j])])
         best = max(objective(t) for t in cands)
-        t_new = _coordinate_step(table, codes, T.copy(), j, lam, pieces)
+        t_new = _coordinate_step(table, codes, T.copy(), j, lam, data)
         got = objective(T[j] if t_new is None else t_new)
         assert got == pytest.approx(best, abs=1e-12)
         assert got >= objective(T[j]) - 1e-12
@@ -313,3 +355,30 @@ def test_time_sharing_between_two_vertices_on_a_table():
         costs = table.costs(Tv)[comp, exits]
         assert abs(costs.mean() - target) < 0.01
         assert w @ table.evaluate_many(Tv)[0] == pytest.approx(target, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- layout
+def test_submodules_import_each_other_in_one_direction():
+    """table and hull at the bottom, the searches above, sweep on top; no other package code."""
+    import ast
+    import pathlib
+
+    import sklearn_e2cm._thresholds as pkg
+
+    allowed = {
+        "table": set(),
+        "hull": set(),
+        "bisection": {"table"},
+        "coordinate": {"table", "hull"},
+        "sweep": {"bisection", "coordinate"},
+    }
+    root = pathlib.Path(pkg.__file__).parent
+    for name, ok in allowed.items():
+        tree = ast.parse((root / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert node.module in ok, (name, node.module)
+            elif isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert node.module in {"_hashing", "_backend"}, (name, node.module)
+            elif isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("sklearn_e2cm"), (name, node.module)

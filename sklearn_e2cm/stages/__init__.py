@@ -5,10 +5,12 @@ in a classifier); ``TorchStages`` and :func:`split_into_stages` (torch, imported
 on first use) wrap a trained network.
 """
 
+from ._factory import is_torch_stages, make_stage_adapter
 from .base import StageAdapter
 from .sklearn import SklearnStages
 
-__all__ = ["StageAdapter", "SklearnStages", "TorchStages", "split_into_stages"]
+__all__ = ["StageAdapter", "SklearnStages", "TorchStages", "split_into_stages",
+           "is_torch_stages", "make_stage_adapter"]
 
 
 def __getattr__(name):

@@ -8,21 +8,16 @@ unchanged: grouped stage ``g`` runs the base stages ``exits[g-1]+1 ..
 exits[g]``; the last grouped stage runs the rest of the network.
 """
 
-import contextlib
-
 import numpy as np
 
 from .base import StageAdapter
 
 __all__ = ["GroupedStages"]
 
-#: Never looked up on the base: own attributes, and base attributes indexed by *base* stage
-#: (forwarding them would silently give lists of the wrong length).
-_NOT_FORWARDED = frozenset({
-    "base", "exits", "ends", "starts", "_stage_flops", "stage_names_", "output_shapes_",
-    "pooled_shapes_", "fitted_steps_", "stage_modules_", "_poolings", "names", "_steps",
-    "_vector_dims", "_vector_flops",
-})
+#: Base attributes that describe the whole model, not one stage, and are read from the base
+#: as they are. Anything indexed by base stage is not in this list (its length would be
+#: wrong for the grouped view); the per-group ones are the properties of the class.
+_FORWARDED = frozenset({"input_shape_", "input_dtype_", "device_"})
 
 
 class GroupedStages(StageAdapter):
@@ -90,7 +85,7 @@ class GroupedStages(StageAdapter):
 
     @property
     def cost_errors_(self):
-        errors = getattr(self.base, "cost_errors_", {}) or {}
+        errors = self.base.cost_errors_ or {}
         out = {}
         for g, (s, e) in enumerate(zip(self.starts, self.ends)):
             for j in range(s, e + 1):
@@ -99,10 +94,16 @@ class GroupedStages(StageAdapter):
         return out
 
     def __getattr__(self, name):
-        # input attributes and the like (input_shape_, n_outputs_, device_...) of the base
-        if name.startswith("__") or name in _NOT_FORWARDED:
-            raise AttributeError(name)
+        # only whole-model attributes of the base (input shape, output width, device)
+        if name not in _FORWARDED or "base" not in self.__dict__:
+            raise AttributeError(
+                f"{type(self).__name__} has no attribute {name!r} (attributes indexed by base "
+                "stage are not forwarded)")
         return getattr(self.base, name)
+
+    @property
+    def n_outputs_(self):
+        return self.base.n_outputs_
 
     # --------------------------------------------------------------- running
     def fit(self, X, y=None, sample_weight=None):
@@ -110,8 +111,8 @@ class GroupedStages(StageAdapter):
         return self
 
     def activate(self):
-        act = getattr(self.base, "activate", None)
-        return act() if act is not None else contextlib.nullcontext()
+        """The base adapter's inference context."""
+        return self.base.activate()
 
     def batches(self, X, y=None, batch_size=None):
         return self.base.batches(X, y, batch_size)

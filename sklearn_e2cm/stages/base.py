@@ -29,8 +29,20 @@ Contract
   All three are 1-D numpy arrays of length ``n_stages``, available after
   :meth:`fit`. For the last stage of a classifier chain the vector entries
   are 0 (no class-mean head there).
+
+Optional members have defaults here, so callers never probe for them:
+
+* ``activate()``: the context inference and fitting passes run in (eval
+  mode, device placement, ``torch.inference_mode`` for torch); a no-op by
+  default.
+* ``cost_errors_``: stage index -> the error explaining why that stage's
+  FLOPs are unknown (``stage_flops_`` holds NaN there); empty by default.
+* ``n_outputs_``: width of the last stage's output when it may be the base
+  model's classifier (``None`` when unknown).
+* ``frozen``: whether :meth:`fit` trains nothing.
 """
 
+import contextlib
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -41,6 +53,21 @@ class StageAdapter(ABC):
 
     #: "numpy" or "torch": the array type of batches and stage vectors.
     backend = "numpy"
+
+    #: Stage index -> why that stage's FLOPs could not be counted (see module docstring).
+    cost_errors_ = {}
+
+    #: Width of the last stage's output, when known (see module docstring).
+    n_outputs_ = None
+
+    def activate(self):
+        """Context the stages run in (eval mode, device, inference mode); a no-op here.
+
+        Returns
+        -------
+        context : context manager
+        """
+        return contextlib.nullcontext()
 
     @property
     @abstractmethod

@@ -70,23 +70,23 @@ class SklearnStages(StageAdapter):
     backend = "numpy"
 
     def __init__(self, stages=None, batch_size=None):
-        self.names, self._steps = normalize_sklearn_stages(stages)
+        self.names, self.steps = normalize_sklearn_stages(stages)
         self.batch_size = batch_size
         self.fitted_steps_ = None
 
     @property
     def n_stages(self):
-        return len(self._steps)
+        return len(self.steps)
 
     @property
     def final_is_classifier(self):
-        last = self._steps[-1]
+        last = self.steps[-1]
         return not isinstance(last, str) and last is not None and is_classifier(last)
 
     @property
     def frozen(self):
         """True when every step is already fitted (or passthrough): fit trains nothing."""
-        return not any(_trained_by_fit(step) for step in self._steps)
+        return not any(_trained_by_fit(step) for step in self.steps)
 
     def fit(self, X, y, sample_weight=None):
         """Fit the unfitted steps in sequence (fitted ones are used as they are).
@@ -95,13 +95,13 @@ class SklearnStages(StageAdapter):
         training data; the output widths of the rest are read on a few rows.
         """
         Z = X
-        unfitted = [j for j, step in enumerate(self._steps) if _trained_by_fit(step)]
+        unfitted = [j for j, step in enumerate(self.steps) if _trained_by_fit(step)]
         last_unfitted = unfitted[-1] if unfitted else -1
         self.cost_errors_ = {}
         fitted = []
         widths = []
         flops = []
-        for j, step in enumerate(self._steps):
+        for j, step in enumerate(self.steps):
             name = self.names[j]
             d_in = Z.shape[1]
             if step is None or isinstance(step, str):

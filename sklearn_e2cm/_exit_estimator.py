@@ -1,0 +1,431 @@
+"""What every early-exit estimator shares once its exit heads are fitted.
+
+:class:`EarlyExitBase` holds the cost model, the operating point, routed
+inference and the per-stage outputs. A subclass's ``fit`` builds a stage
+adapter and one exit head per stage, computes the tuning rows' exit arrays
+and calls :meth:`EarlyExitBase._finish_fit`; a subclass provides the
+parameters ``flops_target``, ``thresholds``, ``threshold_search``,
+``n_targets``, ``batch_size`` and ``verbose``.
+
+The functions below the class are the documented way for other modules
+(the search, the display) to read what a fit produced: the tuning table,
+the sweep seed, the per-row time-sharing uniforms, and to serve an
+operating point from a sweep they ran.
+"""
+
+import time
+from functools import partial
+
+import numpy as np
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+
+from ._backend import progress, to_numpy
+from ._fitting.inputs import validate_predict_input
+from ._fitting.operating_point import OperatingPointSpec, choose_operating_point
+from ._fitting.passes import collect_stage_outputs
+from ._routing import batch_uniforms, decide, iter_stages, route
+from ._thresholds import ExitTable
+
+__all__ = [
+    "EarlyExitBase",
+    "tuning_table_of",
+    "sweep_seed_of",
+    "routing_uniforms",
+    "serve_from_sweep",
+    "exit_table_from_source",
+]
+
+
+class EarlyExitBase:
+    """Cost model, operating point and routed inference of a fitted early-exit estimator."""
+
+    def _finish_fit(self, adapter, heads, stage_flops, conf, correct, sample_weight, rng):
+        """Set the cost model and the operating point from the tuning rows' exit arrays.
+
+        Parameters
+        ----------
+        adapter : StageAdapter
+            Fitted; kept for inference.
+        heads : list
+            One exit head per stage (``None`` where the base model decides).
+        stage_flops : ndarray of shape (n_stages,)
+        conf : ndarray of shape (n_tune, n_stages)
+            Exit confidence of every tuning row at every stage.
+        correct : ndarray of bool, shape (n_tune, n_stages)
+        sample_weight : ndarray or None
+        rng : RandomState
+            Draws the sweep and routing seeds.
+
+        Returns
+        -------
+        table : ExitTable
+            The tuning table.
+        """
+        M = adapter.n_stages
+        exit_flops = np.array([
+            0.0 if (j == M - 1 and adapter.final_is_classifier)
+            else heads[j].flops() + float(adapter.vector_flops_[j])
+            for j in range(M)
+        ])
+        self.stage_flops_ = np.asarray(stage_flops, dtype=np.float64)
+        self.exit_flops_ = exit_flops
+        self.n_stages_ = M
+        self._heads = heads
+        self._adapter = adapter
+        table = ExitTable(conf, correct, self.stage_flops_, exit_flops,
+                          not adapter.final_is_classifier, sample_weight)
+        self.cumulative_cost_ = table.full_cost
+        self._tuning_table = table
+        if not hasattr(self, "_fit_times"):
+            self._fit_times = {}
+        # both seeds are drawn before any search, whatever the operating point: a fit at
+        # any flops_target (or none) gets the same ones, so a search over targets
+        # (FlopBudgetSearchCV) reproduces what each fit would do
+        self._sweep_seed, self._routing_seed = (
+            int(v) for v in rng.randint(np.iinfo(np.int32).max, size=2))
+        t0 = time.perf_counter()
+        self._apply_operating_point(table)
+        self._fit_times["threshold search"] = time.perf_counter() - t0
+        return table
+
+    def _operating_point_spec(self):
+        return OperatingPointSpec(
+            flops_target=self.flops_target, thresholds=self.thresholds,
+            threshold_search=self.threshold_search, n_targets=self.n_targets,
+            sweep_seed=self._sweep_seed, verbose=self.verbose)
+
+    def _apply_operating_point(self, table, swept=None):
+        point = choose_operating_point(table, self._operating_point_spec(), swept)
+        self.mixture_thresholds_ = point.mixture_thresholds
+        self.mixture_weights_ = point.mixture_weights
+        self.thresholds_ = point.thresholds
+        self._mixture_costs = point.mixture_costs
+        self.expected_flops_ = point.expected_flops
+        self.expected_accuracy_ = point.expected_score
+        self.tradeoff_ = point.tradeoff
+        self._update_memory_overhead()
+
+    def set_operating_point(self, flops_target=None, thresholds=None):
+        """Choose a new operating point from the cached tuning arrays (no forward pass).
+
+        Equivalent to ``set_params(flops_target=..., thresholds=...)`` followed
+        by a refit, without recomputing the exits or running any stage: only
+        the threshold search runs again.
+
+        Parameters
+        ----------
+        flops_target : float in (0, 1] or None, default=None
+            Expected normalised cost; ``None``: the base model.
+        thresholds : array-like of shape (n_stages - 1,) or None, default=None
+            Explicit thresholds (override ``flops_target``).
+
+        Returns
+        -------
+        self : object
+            The estimator, with the new operating point.
+        """
+        check_is_fitted(self)
+        table = getattr(self, "_tuning_table", None)
+        if table is None:
+            raise RuntimeError(
+                "The tuning arrays are not available (they are not pickled); refit with "
+                "set_params(flops_target=...) instead."
+            )
+        self.set_params(flops_target=flops_target, thresholds=thresholds)
+        self._validate_params()
+        self._apply_operating_point(table)
+        return self
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: never alter the live estimator
+        state.pop("_tuning_table", None)  # per-sample tuning arrays: not needed to predict
+        return state
+
+    def _update_memory_overhead(self):
+        """Bytes stored for the exits the operating point can use (heads + thresholds)."""
+        M = self.n_stages_
+        itemsize = 4 if self._adapter.backend == "torch" else 8
+        used = set(np.flatnonzero(self.mixture_thresholds_.min(axis=0) < 1.0).tolist())
+        if not self._adapter.final_is_classifier:
+            used.add(M - 1)
+        self.memory_overhead_bytes_ = int(
+            sum(self._heads[j].nbytes(itemsize) for j in used) + 8 * (M - 1)
+        )
+
+    # ------------------------------------------------------------- inference
+    def _validate_X(self, X):
+        check_is_fitted(self)
+        return validate_predict_input(self, self._adapter.backend, X)
+
+    def route(self, X):
+        """Route every sample through the stages with early exits (one pass).
+
+        Parameters
+        ----------
+        X : array-like, tensor or DataLoader
+            Input of the kind the estimator was fitted on.
+
+        Returns
+        -------
+        result : RoutingResult
+            Per sample: ``y_pred`` (labels), ``exit_stage`` (0-based stage it
+            left after), ``flops`` (normalised cost it paid) and ``proba``
+            (probabilities of the exit that decided it).
+        """
+        X = self._validate_X(X)
+        return self._route(X, return_proba=True)
+
+    def _route(self, X, return_proba=False):
+        adapter = self._adapter
+        with adapter.activate():
+            res = route(
+                adapter, self._heads, self.mixture_thresholds_, self.mixture_weights_,
+                self._mixture_costs, X, batch_size=self.batch_size,
+                seed=self._routing_seed, return_proba=return_proba,
+                progress=partial(progress, verbose=self.verbose > 1, desc="E2CM predict"),
+            )
+        res.y_pred = self.classes_[res.y_pred]
+        return res
+
+    def predict(self, X):
+        """Predicted class of each sample, with early exits.
+
+        Parameters
+        ----------
+        X : array-like, tensor or DataLoader
+            Input of the kind the estimator was fitted on.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            The class chosen by the exit each sample left at.
+        """
+        X = self._validate_X(X)
+        return self._route(X).y_pred
+
+    def predict_proba(self, X):
+        """Class probabilities of the exit that decided each sample.
+
+        Parameters
+        ----------
+        X : array-like, tensor or DataLoader
+            Input of the kind the estimator was fitted on.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            The deciding exit head's probabilities (the base model's own at the
+            end of a chain ending in a classifier), columns in ``classes_`` order.
+        """
+        X = self._validate_X(X)
+        return self._route(X, return_proba=True).proba
+
+    def _stage_source(self, X):
+        adapter = self._adapter
+
+        def source():
+            for Xb, _ in adapter.batches(X, None, self.batch_size):
+                yield iter_stages(adapter, Xb), None, adapter.n_rows(Xb)
+
+        return source
+
+    def _staged_outputs(self, batches):
+        """Per-stage predictions, probabilities and exit confidences of every row."""
+        adapter = self._adapter
+
+        def outputs(j, F, idx):
+            if idx is not None:  # the base model's own output
+                P = to_numpy(F)
+                return (np.asarray(idx), np.asarray(P, dtype=np.float64),
+                        np.asarray(P.max(axis=1), dtype=np.float64))
+            P, idx, conf = decide(adapter, self._heads[j], F)
+            return (np.asarray(idx), np.asarray(to_numpy(P), dtype=np.float64),
+                    np.asarray(conf, dtype=np.float64))
+
+        per_stage = collect_stage_outputs(batches, outputs, self.n_stages_)
+        return tuple([s[k] for s in per_stage] for k in range(3))
+
+    def _staged(self, X):
+        with self._adapter.activate():
+            return self._staged_outputs(self._stage_source(X)())
+
+    def exit_table(self, X, y=None, sample_weight=None):
+        """Per-stage exit arrays of this fitted estimator on new data (one forward pass).
+
+        Parameters
+        ----------
+        X : array-like, tensor or DataLoader
+            Input of the kind the estimator was fitted on.
+        y : array-like of shape (n_samples,) or None, default=None
+            True labels: the table's score is accuracy. ``None``: the score is
+            agreement with the base model's (final exit's) prediction, which
+            needs no labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        table : ExitTable
+            Cached exit confidence and correctness of every sample at every
+            stage, with this estimator's cost model; threshold vectors are
+            evaluated and searched on it without running any stage. It also
+            keeps the class index predicted at every stage
+            (``table.pred_labels``, labels in ``table.classes``) so routed
+            predictions can be rebuilt for any threshold vector
+            (``table.predict_indices(T)``).
+        """
+        X = self._validate_X(X)
+        preds, _, confs = self._staged(X)
+        return self._table_from_staged(preds, confs, y, sample_weight)
+
+    def _table_from_staged(self, preds, confs, y, sample_weight):
+        conf = np.column_stack(confs)  # each head's exit confidence (E²CM: max probability)
+        pred = np.column_stack(preds)
+        if y is None:
+            ref = pred[:, -1]
+        else:
+            y = np.asarray(y)
+            ref = np.searchsorted(self.classes_, y)
+            ref = np.where(ref < len(self.classes_), ref, -1)
+            ref[self.classes_[np.clip(ref, 0, len(self.classes_) - 1)] != y] = -1
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, conf, dtype=np.float64)
+        return ExitTable(conf, pred == ref[:, None], self.stage_flops_, self.exit_flops_,
+                         not self._adapter.final_is_classifier, sample_weight,
+                         pred_labels=pred, classes=self.classes_)
+
+    def staged_predict(self, X):
+        """Prediction of every stage for every sample (no early exit).
+
+        Parameters
+        ----------
+        X : array-like, tensor or DataLoader
+            Input of the kind the estimator was fitted on.
+
+        Yields
+        ------
+        y_pred : ndarray of shape (n_samples,)
+            One array per stage, in stage order; the last one is the base
+            model's prediction when the model ends in a classifier.
+        """
+        X = self._validate_X(X)
+        preds, _, _ = self._staged(X)
+        for p in preds:
+            yield self.classes_[p]
+
+    def staged_predict_proba(self, X):
+        """Exit probabilities of every stage for every sample (no early exit).
+
+        Parameters
+        ----------
+        X : array-like, tensor or DataLoader
+            Input of the kind the estimator was fitted on.
+
+        Yields
+        ------
+        proba : ndarray of shape (n_samples, n_classes)
+            One array per stage, in stage order.
+        """
+        X = self._validate_X(X)
+        _, probas, _ = self._staged(X)
+        yield from probas
+
+
+# ----------------------------------------------------------------- seams for other modules
+def tuning_table_of(est):
+    """The exit table a fitted early-exit estimator tuned its thresholds on.
+
+    Parameters
+    ----------
+    est : estimator
+
+    Returns
+    -------
+    table : ExitTable or None
+        ``None`` for an estimator that is not an :class:`EarlyExitBase`, or
+        whose tuning arrays were dropped (by pickling).
+    """
+    return getattr(est, "_tuning_table", None) if isinstance(est, EarlyExitBase) else None
+
+
+def sweep_seed_of(est, default):
+    """The seed a fitted early-exit estimator's own sweep used, else ``default``.
+
+    Parameters
+    ----------
+    est : estimator
+    default : int
+
+    Returns
+    -------
+    seed : int
+    """
+    if isinstance(est, EarlyExitBase) and hasattr(est, "_sweep_seed"):
+        return int(est._sweep_seed)
+    return default
+
+
+def routing_uniforms(est, X):
+    """The time-sharing uniform that ``est.route`` draws for each row of ``X``.
+
+    Time sharing sends a row to the mixture's threshold vector
+    ``assign_rows(u, mixture_weights_)``; callers that rebuild routed results
+    from exit tables use this to reproduce the same assignment.
+
+    Parameters
+    ----------
+    est : fitted estimator
+    X : input of ``est.predict``
+
+    Returns
+    -------
+    u : ndarray of shape (n_samples,) or None
+        ``None`` for an estimator that is not an :class:`EarlyExitBase`.
+    """
+    if not isinstance(est, EarlyExitBase):
+        return None
+    X = est._validate_X(X)
+    adapter = est._adapter
+    parts = [batch_uniforms(adapter, Xb, est._routing_seed)
+             for Xb, _ in adapter.batches(X, None, est.batch_size)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def serve_from_sweep(est, table, swept):
+    """Set a fitted estimator's operating point from a sweep run on its tuning table.
+
+    Parameters
+    ----------
+    est : EarlyExitBase
+        Fitted, with the wanted ``flops_target`` set.
+    table : ExitTable
+        Its tuning table.
+    swept : tuple or None
+        ``(targets, thresholds, costs, scores)`` as
+        :func:`~sklearn_e2cm._thresholds.sweep_with_extremes` returns; ``None``
+        runs the estimator's own search.
+    """
+    est._apply_operating_point(table, swept)
+
+
+def exit_table_from_source(est, source, context, y=None, sample_weight=None):
+    """:meth:`EarlyExitBase.exit_table` of the rows a source serves (no validation).
+
+    Parameters
+    ----------
+    est : EarlyExitBase
+        Fitted.
+    source : callable
+        A source of stage vectors (e.g.
+        :meth:`SharedStageOutputs.source <sklearn_e2cm._fitting.shared.SharedStageOutputs.source>`).
+    context : callable
+        Factory of the context to compute in.
+    y, sample_weight : as for :meth:`EarlyExitBase.exit_table`
+
+    Returns
+    -------
+    table : ExitTable
+    """
+    check_is_fitted(est)
+    with context():
+        preds, _, confs = est._staged_outputs(source())
+    return est._table_from_staged(preds, confs, y, sample_weight)
