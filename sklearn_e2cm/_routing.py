@@ -77,8 +77,7 @@ def decide(adapter, head, F):
     ``None`` means the largest probability (E²CM, eq. 6), which every head
     without its own exit criterion uses.
     """
-    dec = getattr(head, "decide", None)
-    P, conf = dec(F) if dec is not None else (head.proba(F), None)
+    P, conf = head.decide(F)
     idx, pmax = _argmax_max(adapter, P)
     return P, idx, (pmax if conf is None else np.asarray(conf))
 

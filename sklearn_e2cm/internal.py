@@ -37,7 +37,6 @@ Thresholds are chosen exactly as for :class:`~sklearn_e2cm.EarlyExitClassMeans`
 inference uses the same router with compaction.
 """
 
-import math
 import numbers
 import time
 import warnings
@@ -46,11 +45,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 
 from ._backend import (
     as_backend,
-    concat,
     is_torch,
     progress,
     softmax,
@@ -58,7 +55,6 @@ from ._backend import (
     xp,
     zeros_like_backend,
 )
-from ._class_means import head_flops
 from ._exit_estimator import EarlyExitBase
 from ._fitting.inputs import (
     LabelIndex,
@@ -78,6 +74,7 @@ from ._fitting.passes import (
 )
 from ._routing import iter_stages
 from .stages import is_torch_stages, make_stage_adapter
+from .exits.internal_classifier import InternalClassifierHead
 from .stages._grouped import GroupedStages
 
 __all__ = ["InternalClassifierEarlyExit"]
@@ -89,7 +86,6 @@ _DEFAULT_EXITS = {
     "branchynet": ("first", 1.0 / 3.0),
 }
 _DEFAULT_CRITERION = {"sdn": "max_proba", "branchynet": "entropy", "bwds": "decision"}
-_N_QUANTILES = 1001
 
 
 class _LinearSoftmax:
@@ -169,139 +165,6 @@ class _LinearSoftmax:
         W = to_numpy(self.W).astype(np.float64) * to_numpy(self.inv_sd).astype(np.float64)
         b = to_numpy(self.b).astype(np.float64) - W @ to_numpy(self.mu).astype(np.float64)
         return W, b
-
-
-def _quantile_map(values, grid):
-    """Step CDF of the tuning values on a quantile grid (monotone, in [0, 1])."""
-    return np.searchsorted(grid, values, side="right") / grid.shape[0]
-
-
-class _ICHead:
-    """Exit head of one exit: an internal classifier, optionally boosted by E²CM.
-
-    ``W``, ``b``: the linear layer on the head's input (the stage vector,
-    followed by the E²CM distances ``d / s`` when ``e2cm_input``);
-    ``criterion``: ``"max_proba"``, ``"entropy"`` or ``"decision"`` (with
-    ``Wd``, ``bd`` the decision function); ``e2cm``: the stage's class-means
-    :class:`~sklearn_e2cm._class_means.ExitHead` (for the input distances
-    and/or ``combine``).
-    """
-
-    def __init__(self, W, b, criterion, e2cm=None, e2cm_input=False, Wd=None, bd=None,
-                 combine=None):
-        self.W, self.b = W, b
-        self.criterion = criterion
-        self.e2cm = e2cm
-        self.e2cm_input = e2cm_input
-        self.Wd, self.bd = Wd, bd
-        self.combine = combine
-        self.q_ic = self.q_e2cm = None
-        self._cache = {}
-
-    @property
-    def n_classes(self):
-        return self.W.shape[0]
-
-    @property
-    def n_features(self):
-        return self.W.shape[1] - (self.n_classes if self.e2cm_input else 0)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_cache"] = {}
-        return state
-
-    def _params(self, like):
-        key = (type(like).__module__, str(like.dtype), str(getattr(like, "device", "")))
-        if key not in self._cache:
-            p = [as_backend(self.W, like), as_backend(self.b, like)]
-            if self.Wd is not None:
-                p += [as_backend(self.Wd, like), as_backend(self.bd, like)]
-            self._cache[key] = p
-        return self._cache[key]
-
-    def inputs(self, F, S=None):
-        """The IC's input: the stage vector, then the E²CM distances when ``e2cm_input``.
-
-        The distances are ``-scores`` of the class-means head: ``d / s``
-        (eq. 3-4) for the Euclidean metric, the negated linear-discriminant
-        scores for the whitened one.
-        """
-        if not self.e2cm_input:
-            return F
-        if S is None:
-            S = self.e2cm.scores(F)
-        return concat([F, -S], axis=1)
-
-    def raw(self, F):
-        """``(P, IC confidence, E²CM confidence or None)`` before any combination."""
-        params = self._params(F)
-        W, b = params[0], params[1]
-        S = self.e2cm.scores(F) if (self.e2cm_input or self.combine) else None
-        V = self.inputs(F, S)
-        P = softmax(V @ W.T + b[None, :])
-        if self.criterion == "max_proba":
-            conf = P.max(1)
-            conf = conf.values if hasattr(conf, "values") else conf
-        elif self.criterion == "entropy":
-            ops = xp(P)
-            logp = ops.clip_min(P, 1e-30)
-            logp = logp.log() if is_torch(logp) else np.log(logp)
-            H = -(P * logp).sum(1)
-            conf = 1.0 - H / math.log(self.n_classes)
-        else:  # "decision": probability that leaving here is safe
-            Wd, bd = params[2], params[3]
-            conf = softmax(V @ Wd.T + bd[None, :])[:, 1]
-        conf_e = None
-        if self.combine:
-            conf_e = softmax(S).max(1)
-            conf_e = to_numpy(conf_e.values if hasattr(conf_e, "values") else conf_e)
-        return P, to_numpy(conf).astype(np.float64), conf_e
-
-    def combined(self, conf, conf_e):
-        """The exit confidence compared with the threshold."""
-        if not self.combine:
-            return conf
-        qi = _quantile_map(conf, self.q_ic)
-        qe = _quantile_map(np.asarray(conf_e, dtype=np.float64), self.q_e2cm)
-        return np.minimum(qi, qe) if self.combine == "and" else np.maximum(qi, qe)
-
-    def set_quantiles(self, conf, conf_e):
-        levels = np.linspace(0.0, 1.0, _N_QUANTILES)
-        self.q_ic = np.quantile(conf, levels)
-        self.q_e2cm = np.quantile(np.asarray(conf_e, dtype=np.float64), levels)
-
-    def decide(self, F):
-        P, conf, conf_e = self.raw(F)
-        return P, self.combined(conf, conf_e)
-
-    def proba(self, F):
-        return self.raw(F)[0]
-
-    def flops(self):
-        """Per-sample FLOPs of the head (multiply-add = 2) and of its exit decision."""
-        K, D_in = self.W.shape
-        f = 2 * K * D_in + K + 5 * K  # linear layer, softmax
-        f += {"max_proba": K + 1, "entropy": 3 * K + 3}.get(self.criterion, 0)
-        if self.criterion == "decision":
-            f += 2 * 2 * D_in + 2 + 10 + 1
-        if self.e2cm is not None and (self.e2cm_input or self.combine):
-            f += head_flops(self.e2cm.n_features, K, self.e2cm.metric,
-                            self.e2cm.scale is not None)
-        if self.combine:
-            f += 2 * int(math.ceil(math.log2(_N_QUANTILES))) + 1
-        return float(f)
-
-    def nbytes(self, itemsize=8):
-        n = self.W.size + self.b.size
-        if self.Wd is not None:
-            n += self.Wd.size + self.bd.size
-        b = n * itemsize
-        if self.e2cm is not None and (self.e2cm_input or self.combine):
-            b += self.e2cm.nbytes(itemsize)
-        if self.combine:
-            b += 2 * _N_QUANTILES * 8
-        return int(b)
 
 
 class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator):
@@ -610,8 +473,8 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
             self.criterion or _DEFAULT_CRITERION[self.method])
         y_fit_idx = np.searchsorted(self.classes_, y_fit)
         e2cm_input = bool(self.class_means)
-        heads = [_ICHead(None, None, criterion, e2cm_heads[g], e2cm_input, combine=self.combine)
-                 for g in range(n_ic)]
+        heads = [InternalClassifierHead(None, None, criterion, e2cm_heads[g], e2cm_input,
+                                        combine=self.combine) for g in range(n_ic)]
         t0 = time.perf_counter()
 
         def train(models, target, desc):

@@ -387,7 +387,7 @@ def test_prefix_head_errors(large, blobs):
 import copy  # noqa: E402
 
 from sklearn_e2cm import DECEarlyExit  # noqa: E402
-from sklearn_e2cm._class_means import head_flops  # noqa: E402
+from sklearn_e2cm.exits.class_means import head_flops  # noqa: E402
 from sklearn_e2cm.stages._dec import DECStages, _mlp_flops  # noqa: E402
 
 

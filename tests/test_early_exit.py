@@ -97,7 +97,7 @@ def test_distances_equal_brute_force_loop():
     rng = np.random.RandomState(0)
     F = rng.randn(30, 7) * 100 + 50
     C = rng.randn(4, 7) * 100
-    from sklearn_e2cm._class_means import ExitHead
+    from sklearn_e2cm.exits.class_means import ExitHead
 
     np.testing.assert_allclose(ExitHead(C).distances(F), _brute_distances(F, C), rtol=1e-9)
 

@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_e2cm import EarlyExitClassMeans, InternalClassifierEarlyExit
@@ -296,7 +296,9 @@ def test_stage_costs_override_and_no_spurious_warning(digits):
     import warnings
 
     Xtr, Xte, ytr, yte = digits
-    stages = [StandardScaler(), _Square(), LogisticRegression(max_iter=500)]
+    # MinMaxScaler keeps the squares in [0, 1]: squared standardised pixels reach ~10³ and
+    # made the logistic regression take ~500 L-BFGS iterations (most of this test's time)
+    stages = [MinMaxScaler(), _Square(), LogisticRegression(max_iter=500)]
     with pytest.raises(TypeError, match="stage_costs"):  # UnknownCostError, as for E²CM
         InternalClassifierEarlyExit(stages, exit_at=[0, 1], flops_target=0.5).fit(Xtr, ytr)
     ic = InternalClassifierEarlyExit(stages, exit_at=[0, 1], epochs=5, flops_target=0.5,

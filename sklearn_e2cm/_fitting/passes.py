@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._backend import concat, is_torch, progress, softmax, to_numpy
-from .._class_means import ClassStatsAccumulator, ExitHead, normalized_head, whitened_head
+from ..exits.class_means import ClassStatsAccumulator, ExitHead, normalized_head, whitened_head
 from .._memory import HeapGuard
 from .._routing import iter_stages
 

@@ -24,7 +24,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._backend import import_torch
-from .._class_means import ExitHead, normalized_head
+from ..exits.class_means import ExitHead, normalized_head
 from .._routing import forward_all
 from .._thresholds import mixture_exits, sweep_with_extremes, time_sharing, upper_hull
 from .._exit_estimator import EarlyExitBase, routing_uniforms
@@ -395,7 +395,7 @@ n_init, random_state, device, verbose
         Returns
         -------
         heads : list
-            One :class:`~sklearn_e2cm._class_means.ExitHead` per exit, then
+            One :class:`~sklearn_e2cm.exits.class_means.ExitHead` per exit, then
             ``None`` (the last stage is the large DEC's own clustering layer).
         conf : ndarray of shape (n_samples, n_stages)
             Exit confidence (largest probability) of every sample at every

@@ -82,7 +82,7 @@ def _mlp_flops(module):
 
     A Linear layer costs ``2 * in * out + out`` (multiply-add counted as 2,
     plus the bias), a ReLU one FLOP per element. This is the elementwise
-    convention of :func:`sklearn_e2cm._class_means.head_flops`;
+    convention of :func:`sklearn_e2cm.exits.class_means.head_flops`;
     ``torch.utils.flop_counter.FlopCounterMode`` counts only the
     ``2 * in * out`` of each Linear (about 0.1 % less on the paper's
     encoder, and the normalised costs agree to that precision).

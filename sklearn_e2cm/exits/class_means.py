@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from ._backend import is_torch, softmax, xp
+from .._backend import is_torch, softmax, xp
 
 __all__ = [
     "ClassStatsAccumulator",
@@ -401,6 +401,23 @@ class ExitHead:
         """``-d / s`` computed in the dtype of ``d`` (eq. 4; Euclidean only)."""
         _, _, inv = self._params(d)
         return -d if inv is None else -(d * inv[None, :])
+
+    def decide(self, F):
+        """Exit probabilities of a batch and its exit confidence.
+
+        Parameters
+        ----------
+        F : array of shape (n, D)
+            Stage vectors (numpy or torch).
+
+        Returns
+        -------
+        P : array of shape (n, K)
+            Exit probabilities (eq. 5).
+        conf : None
+            The confidence is the largest probability (eq. 6).
+        """
+        return self.proba(F), None
 
     def proba(self, F):
         """Exit probabilities (eq. 5), shape (n, K)."""
