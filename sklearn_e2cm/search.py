@@ -27,28 +27,24 @@ from sklearn.base import (
 )
 from sklearn.model_selection import check_cv
 from sklearn.utils import check_random_state
-from sklearn.utils._indexing import _safe_indexing
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, indexable
 
 from ._backend import progress
-from ._exit_estimator import (
-    exit_table_from_source,
-    routing_uniforms,
-    serve_from_sweep,
-    sweep_seed_of,
-    tuning_table_of,
+from ._exit_estimator import serve_from_sweep, sweep_seed_of
+from ._search_folds import (
+    evaluation_table,
+    fit_estimator,
+    operating_points,
+    reset_operating_params,
+    run_fold,
+    scored_sweep,
+    serve_targets,
+    tuning_grid,
+    tuning_table,
 )
-from ._scoring import check_targets, metric_of, metric_scores, resolve_scoring
-from ._thresholds import (
-    SEARCH_METHODS,
-    evaluate_mixtures,
-    mixture_exits,
-    mixture_values,
-    sweep_with_extremes,
-    time_sharing,
-    upper_hull,
-)
+from ._scoring import check_targets, resolve_scoring
+from ._thresholds import SEARCH_METHODS, mixture_values, upper_hull
 from .early_exit import EarlyExitClassMeans, fit_on_shared_rows, share_stage_outputs
 
 __all__ = ["FlopBudgetSearchCV"]
@@ -62,172 +58,6 @@ __all__ = ["FlopBudgetSearchCV"]
 DEFAULT_METHOD = "bisect"
 
 
-def _table_fn(est, shared):
-    """``table(data, y, w)``: ``est``'s exit table of ``data`` (X, or row indices of ``shared``)."""
-    if shared is None:
-        return lambda data, y, w: est.exit_table(data, y, sample_weight=w)
-    return lambda rows, y, w: exit_table_from_source(
-        est, shared.source(np.asarray(rows), None, est.batch_size), shared.context, y, w)
-
-
-def _tuning_table(est, X, y, sample_weight, scoring, shared=None):
-    """The exit table the thresholds are tuned on, with the right correctness."""
-    table = _table_fn(est, shared)
-    if scoring.kind == "accuracy":
-        tuned = tuning_table_of(est)
-        if tuned is not None and is_classifier(est):
-            return tuned  # what fit computed: the estimator's own tuning data
-        return table(X, y, sample_weight)
-    if scoring.kind == "agreement":
-        return table(X, None, sample_weight)
-    return table(X, y if is_classifier(est) else None, sample_weight)
-
-
-def _eval_table(est, X, y, sample_weight, scoring, shared=None):
-    table = _table_fn(est, shared)
-    if scoring.kind == "agreement":
-        return table(X, None, sample_weight)
-    if scoring.kind == "accuracy" or is_classifier(est):
-        return table(X, y, sample_weight)
-    return table(X, None, sample_weight)
-
-
-def _scored_sweep(table, targets, method, seed, scoring, y, sample_weight=None, progress=None):
-    """Sweep ``targets`` on ``table`` and add the two extremes.
-
-    Returns (targets, thresholds, costs, scores) with two extra rows: every
-    sample at the first exit, and the base model (target NaN).
-    """
-    tg, T, c, s = sweep_with_extremes(table, targets, method=method, random_state=seed,
-                                      progress=progress)
-    if scoring.kind == "metric":
-        s = metric_scores(table, T, y, scoring, sample_weight)
-    return tg, T, c, s
-
-
-def _served(hull_costs, targets):
-    """Time-sharing mixture (vertex indices, weights) served for each target."""
-    return [time_sharing(hull_costs, t) for t in targets]
-
-
-def _operating_points(c, s, targets, points):
-    """``(rows, mixtures)``: the swept rows each target is served from.
-
-    ``points=False`` (the estimator's ``threshold_search="hull"`` or
-    ``"coordinate"``): the rows of the upper concave hull, each target served
-    by time sharing between two of them. ``points=True``
-    (``threshold_search="bisect"``, whose fit runs the search at its target
-    only): the sweep ran on ``targets`` themselves, and target ``p`` is served
-    by its own row ``p``. ``mixtures`` index into ``rows``.
-    """
-    if points:
-        P = len(targets)
-        return np.arange(P), [(np.array([p]), np.array([1.0])) for p in range(P)]
-    rows = upper_hull(c, s)
-    return rows, _served(c[rows], targets)
-
-
-def _tuning_grid(est, targets, points=False):
-    """Targets to sweep: the estimator's own hull grid when it has one.
-
-    An estimator with ``n_targets`` builds its hull from
-    ``linspace(0, 1, n_targets + 1)[1:]`` when fitted; sweeping that grid
-    (with the estimator's seed) makes each served target exactly what
-    ``fit`` at that ``flops_target`` would serve. With ``points`` (a
-    single-target search per target) the served targets themselves.
-    """
-    if points:
-        return targets
-    n = est.get_params(deep=False).get("n_targets")
-    if isinstance(n, numbers.Integral) and not isinstance(n, bool):
-        return np.linspace(0.0, 1.0, int(n) + 1)[1:]
-    return targets
-
-
-def _fold(estimator, X, y, w, train, test, targets, method, scoring, seed, return_train,
-          shared=None, points=False):
-    """Fit one fold, sweep every target on its tuning table, score on the held-out part.
-
-    The hull is built as the estimator's own ``fit`` builds it (its target
-    grid and sweep seed), each target is served from it by time sharing, and
-    the held-out part is routed as the fitted estimator's ``route`` would
-    route it (each row sent to one vertex by the hash of its content), so
-    the scores are those ``GridSearchCV`` over ``flops_target`` would get.
-
-    With ``shared`` (one forward pass over all rows, frozen stages) the fold
-    reads its stage vectors from it instead of running the stages.
-    """
-    est = clone(estimator)
-    _reset_operating_params(est)
-    if shared is None:
-        X_tr, X_te = _safe_indexing(X, train), _safe_indexing(X, test)
-    else:
-        X_tr, X_te = train, test  # row indices into the shared pass
-    y_tr = None if y is None else _safe_indexing(y, train)
-    y_te = None if y is None else _safe_indexing(y, test)
-    w_tr = None if w is None else w[train]
-    w_te = None if w is None else w[test]
-    t0 = time.perf_counter()
-    if shared is None:
-        _fit_estimator(est, X_tr, y_tr, w_tr)
-    else:
-        fit_on_shared_rows(est, shared, train)
-    tune = _tuning_table(est, X_tr, y_tr, w_tr, scoring, shared)
-    seed = sweep_seed_of(est, seed)
-    tg, T, c, s = _scored_sweep(tune, _tuning_grid(est, targets, points), method, seed,
-                                scoring, y_tr, w_tr)
-    hull, mixtures = _operating_points(c, s, targets, points)
-    fit_time = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    held = _eval_table(est, X_te, y_te, w_te, scoring, shared)
-    M1 = held.n_stages - 1
-    base_c, base_s = held.evaluate(np.ones(M1))
-    u = routing_uniforms(est, _safe_indexing(X, test) if shared is not None else X_te)
-    Th = T[hull]
-    if scoring.kind == "metric":
-        # non-decomposable: rebuild the routed predictions of each served mixture
-        if u is None:
-            u = np.random.default_rng(seed).random(held.n_samples)
-        rows = np.arange(held.n_samples)
-        cache = {}
-        test_flops = np.empty(len(mixtures))
-        test_score = np.empty(len(mixtures))
-        for p, (v, wv) in enumerate(mixtures):
-            exits, cost = mixture_exits(held, Th, v, wv, u, cache)
-            test_flops[p] = held.weighted_mean(cost)
-            test_score[p] = metric_of(held, held.pred_labels[rows, exits], y_te, scoring, w_te)
-        base_s = metric_of(held, held.predict_indices(np.ones(M1)), y_te, scoring, w_te)
-    else:
-        test_flops, test_score = evaluate_mixtures(held, Th, mixtures, u)
-    score_time = time.perf_counter() - t0
-    out = {
-        "test_flops": test_flops,
-        "test_score": test_score,
-        "base": (base_c, base_s),
-        "fit_time": fit_time,
-        "score_time": score_time,
-    }
-    if return_train:
-        out["train_flops"] = mixture_values(mixtures, c[hull])
-        out["train_score"] = mixture_values(mixtures, s[hull])
-    return out
-
-
-def _reset_operating_params(est):
-    """The search chooses the operating point: fit the heads only."""
-    params = est.get_params(deep=False)
-    reset = {k: None for k in ("flops_target", "thresholds") if k in params}
-    if reset:
-        est.set_params(**reset)
-
-
-def _fit_estimator(est, X, y, sample_weight):
-    if sample_weight is None:
-        return est.fit(X, y)
-    return est.fit(X, y, sample_weight=sample_weight)
-
-
-# ----------------------------------------------------------------------------- search
 class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
     """Accuracy–FLOPs trade-off of an early-exit estimator over many FLOP targets.
 
@@ -549,16 +379,16 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         if prefit:
             check_is_fitted(self.estimator)
             est = deepcopy(self.estimator)
-            table = _eval_table(est, X, y, w, scoring)
+            table = evaluation_table(est, X, y, w, scoring)
         else:
             est = clone(self._seeded_estimator(rng))
-            _reset_operating_params(est)
-            _fit_estimator(est, X, y, w)
-            table = _tuning_table(est, X, y, w, scoring)
-        tg, T, c, s = _scored_sweep(table, _tuning_grid(est, targets, self._points),
+            reset_operating_params(est)
+            fit_estimator(est, X, y, w)
+            table = tuning_table(est, X, y, w, scoring)
+        tg, T, c, s = scored_sweep(table, tuning_grid(est, targets, self._points),
                                     self.method_, sweep_seed_of(est, seed), scoring, y, w,
                                     progress=self._progress(None, f"{self.method_} search"))
-        served, mixtures = _operating_points(c, s, targets, self._points)
+        served, mixtures = operating_points(c, s, targets, self._points)
         hull = upper_hull(c, s)
         fit_time = time.perf_counter() - t0
         M1 = table.n_stages - 1
@@ -615,7 +445,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         parallel = Parallel(n_jobs=self.n_jobs, return_as="generator",
                             prefer="threads" if shared is not None else None)
         gen = parallel(
-            delayed(_fold)(estimator, X, y, w, train, test, targets, self.method_,
+            delayed(run_fold)(estimator, X, y, w, train, test, targets, self.method_,
                            scoring, int(seeds[k]), self.return_train_score, shared,
                            self._points)
             for k, (train, test) in enumerate(splits)
@@ -646,13 +476,13 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
                 est = template
                 rows = np.arange(shared.n_samples)
                 fit_on_shared_rows(est, shared, rows)
-                table = _tuning_table(est, rows, y, w, scoring, shared)
+                table = tuning_table(est, rows, y, w, scoring, shared)
             else:
                 est = clone(estimator)
-                _reset_operating_params(est)
-                _fit_estimator(est, X, y, w)
-                table = _tuning_table(est, X, y, w, scoring)
-            sweep_out = _scored_sweep(table, _tuning_grid(est, targets, self._points),
+                reset_operating_params(est)
+                fit_estimator(est, X, y, w)
+                table = tuning_table(est, X, y, w, scoring)
+            sweep_out = scored_sweep(table, tuning_grid(est, targets, self._points),
                                       self.method_, sweep_seed_of(est, int(seeds[-1])), scoring,
                                       y, w)
             c, s, T = sweep_out[2], sweep_out[3], sweep_out[1]
@@ -661,7 +491,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
                 front["weights"] = [np.array([1.0]) for _ in front_rows]
             else:
                 hull = upper_hull(c, s)
-                mix = _served(c[hull], front["flops_target"].to_numpy())
+                mix = serve_targets(c[hull], front["flops_target"].to_numpy())
                 front["thresholds"] = [T[hull[v]] for v, _ in mix]
                 front["weights"] = [wv for _, wv in mix]
             self._set_operating_point(est, table, sweep_out, targets[self.best_index_])
@@ -689,7 +519,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         shared = template = None
         if reason is None:
             template = clone(estimator)
-            _reset_operating_params(template)
+            reset_operating_params(template)
             template._validate_params()  # what its fit would check first
             t0 = time.perf_counter()
             shared, reason = share_stage_outputs(template, X, y, w)

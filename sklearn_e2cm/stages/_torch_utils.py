@@ -1,0 +1,98 @@
+"""Small torch helpers of the torch stage adapters: dtype, device and mode handling."""
+
+import contextlib
+
+import numpy as np
+import torch
+
+__all__ = []
+
+
+def _floating_dtype(modules, default=torch.float32):
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+    return default
+
+
+def _module_device(module):
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _unique_modules(stages):
+    seen, out = set(), []
+    for s in stages:
+        for m in s.modules():
+            if id(m) not in seen:
+                seen.add(id(m))
+                out.append(m)
+    return out
+
+
+def _record_devices(modules):
+    """Every parameter and buffer's device, per owning module."""
+    rec = []
+    for m in modules:
+        for name, p in m._parameters.items():
+            if p is not None:
+                rec.append((m, "p", name, p.device))
+        for name, b in m._buffers.items():
+            if b is not None:
+                rec.append((m, "b", name, b.device))
+    return rec
+
+
+def _restore_devices(rec):
+    for m, kind, name, dev in rec:
+        if kind == "p":
+            p = m._parameters.get(name)
+            if p is not None and p.device != dev:
+                p.data = p.data.to(dev)
+                if p.grad is not None:
+                    p.grad = p.grad.to(dev)
+        else:
+            b = m._buffers.get(name)
+            if b is not None and b.device != dev:
+                m._buffers[name] = b.to(dev)
+
+
+@contextlib.contextmanager
+def _eval_mode(modules):
+    """Put modules (and submodules) in eval mode; restore every training flag on exit."""
+    mods = _unique_modules(modules)
+    flags = [(m, m.training) for m in mods]
+    try:
+        for m in mods:
+            m.training = False
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _to_tensor(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    return torch.as_tensor(np.asarray(x))
+
+
+def _labels_to_numpy(y, n=None):
+    if y is None:
+        return None
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    y = np.asarray(y)
+    if y.ndim != 1:
+        if n is not None and y.size == n:
+            y = y.reshape(-1)
+        else:
+            raise ValueError(f"Labels must be 1-D; got an array of shape {y.shape}.")
+    if n is not None and y.shape[0] != n:
+        raise ValueError(f"A batch has {n} samples but {y.shape[0]} labels.")
+    return y
+
+
+# ------------------------------------------------------------ split_into_stages
