@@ -73,6 +73,13 @@ class HeapGuard:
         self.trims = 0
 
     def step(self):
+        """Count one batch and trim the heap if it is due.
+
+        Returns
+        -------
+        None
+            Updates ``n``, ``trims`` and the reference resident size.
+        """
         self.n += 1
         rss = None if self.slack is None else resident_bytes()
         if rss is None:

@@ -46,7 +46,13 @@ class RoutingResult:
         return self.y_pred.shape[0]
 
     def to_frame(self):
-        """The per-sample results as a pandas DataFrame."""
+        """The per-sample results as a pandas DataFrame.
+
+        Returns
+        -------
+        frame : pandas.DataFrame
+            Columns ``y_pred``, ``exit_stage`` and ``flops``, one row per sample.
+        """
         import pandas as pd
 
         return pd.DataFrame(
@@ -54,7 +60,19 @@ class RoutingResult:
         )
 
     def exit_counts(self, n_stages=None):
-        """Number of samples that left after each stage."""
+        """Number of samples that left after each stage.
+
+        Parameters
+        ----------
+        n_stages : int, default=None
+            Length of the result; ``None`` uses the last stage any sample left at.
+
+        Returns
+        -------
+        counts : ndarray of int of shape (n_stages,)
+            Entry ``j`` counts the samples with ``exit_stage == j``; longer than
+            ``n_stages`` if a sample left at a later stage.
+        """
         n = n_stages or (int(self.exit_stage.max()) + 1 if len(self) else 0)
         return np.bincount(self.exit_stage, minlength=n)
 

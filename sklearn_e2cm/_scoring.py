@@ -54,7 +54,12 @@ class Scoring:
         return self.sign * float(self.func(y_true, y_pred, **kwargs))
 
     def needs_y(self):
-        """Whether scoring needs the true labels (everything but agreement)."""
+        """Whether scoring needs the true labels (everything but agreement).
+
+        Returns
+        -------
+        needs_y : bool
+        """
         return self.kind != "agreement"
 
 

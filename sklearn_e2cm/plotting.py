@@ -507,6 +507,20 @@ class TradeoffDisplay:
         operating point is the selected target, and the base model's point is
         its mean held-out cost and score. With ``cv=None`` the swept points
         of the tuning data are drawn instead.
+
+        Parameters
+        ----------
+        search : FlopBudgetSearchCV
+            A fitted search.
+        ax : matplotlib Axes, default=None
+        name : str, default=None
+            Legend label; the searched estimator's class name by default.
+        **kwargs
+            Passed to :meth:`plot`.
+
+        Returns
+        -------
+        display : TradeoffDisplay
         """
         from sklearn.utils.validation import check_is_fitted
 

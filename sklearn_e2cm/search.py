@@ -338,7 +338,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self._targets = targets
         self.shared_stage_outputs_ = False
         self.share_reason_ = None
-        self.method_, self._points = self._resolve_method()
+        self.method_, self._serve_own_points = self._resolve_method()
         if self.cv is None or (isinstance(self.cv, str) and self.cv == "prefit"):
             self._fit_in_sample(X, y, w, targets, scoring, rng)
         else:
@@ -385,10 +385,10 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             reset_operating_params(est)
             fit_estimator(est, X, y, w)
             table = tuning_table(est, X, y, w, scoring)
-        tg, T, c, s = scored_sweep(table, tuning_grid(est, targets, self._points),
+        tg, T, c, s = scored_sweep(table, tuning_grid(est, targets, self._serve_own_points),
                                     self.method_, sweep_seed_of(est, seed), scoring, y, w,
                                     progress=self._progress(None, f"{self.method_} search"))
-        served, mixtures = operating_points(c, s, targets, self._points)
+        served, mixtures = operating_points(c, s, targets, self._serve_own_points)
         hull = upper_hull(c, s)
         fit_time = time.perf_counter() - t0
         M1 = table.n_stages - 1
@@ -447,7 +447,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         gen = parallel(
             delayed(run_fold)(estimator, X, y, w, train, test, targets, self.method_,
                            scoring, int(seeds[k]), self.return_train_score, shared,
-                           self._points)
+                           self._serve_own_points)
             for k, (train, test) in enumerate(splits)
         )
         prog = self._progress(len(splits), "FlopBudgetSearchCV folds")
@@ -482,11 +482,11 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
                 reset_operating_params(est)
                 fit_estimator(est, X, y, w)
                 table = tuning_table(est, X, y, w, scoring)
-            sweep_out = scored_sweep(table, tuning_grid(est, targets, self._points),
+            sweep_out = scored_sweep(table, tuning_grid(est, targets, self._serve_own_points),
                                       self.method_, sweep_seed_of(est, int(seeds[-1])), scoring,
                                       y, w)
             c, s, T = sweep_out[2], sweep_out[3], sweep_out[1]
-            if self._points:  # each front row is served by its own target's point
+            if self._serve_own_points:  # each front row is served by its own target's point
                 front["thresholds"] = [T[r][None, :] for r in front_rows]
                 front["weights"] = [np.array([1.0]) for _ in front_rows]
             else:
@@ -547,7 +547,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         new = {"flops_target": float(target)}
         if "thresholds" in params:
             new["thresholds"] = None
-        if "threshold_search" in params and not self._points:
+        if "threshold_search" in params and not self._serve_own_points:
             # refits then search the same way (a single-target search keeps its own)
             new["threshold_search"] = "coordinate" if self.method_ == "coordinate" else "hull"
         est.set_params(**new)
@@ -555,7 +555,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             warnings.simplefilter("ignore", UserWarning)
             # single-target search: the estimator's own bisection at the target, which the
             # keyed starts make identical to the sweep's point for that target
-            serve_from_sweep(est, table, None if self._points else sweep_out)
+            serve_from_sweep(est, table, None if self._serve_own_points else sweep_out)
 
     def _format_results(self, targets, folds):
         P = len(targets)
@@ -625,17 +625,47 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             )
 
     def predict(self, X):
-        """Predictions of :attr:`best_estimator_` (with its early exits)."""
+        """Predictions of :attr:`best_estimator_` (with its early exits).
+
+        Parameters
+        ----------
+        X : array-like, tensor or DataLoader
+            Input of the kind the estimator was fitted on.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+        """
         self._check_refit("predict")
         return self.best_estimator_.predict(X)
 
     def predict_proba(self, X):
-        """Probabilities of :attr:`best_estimator_`."""
+        """Probabilities of :attr:`best_estimator_`.
+
+        Parameters
+        ----------
+        X : array-like, tensor or DataLoader
+            Input of the kind the estimator was fitted on.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+        """
         self._check_refit("predict_proba")
         return self.best_estimator_.predict_proba(X)
 
     def route(self, X):
-        """Routed pass of :attr:`best_estimator_` (predictions, exits, costs)."""
+        """Routed pass of :attr:`best_estimator_` (predictions, exits, costs).
+
+        Parameters
+        ----------
+        X : array-like, tensor or DataLoader
+            Input of the kind the estimator was fitted on.
+
+        Returns
+        -------
+        result : RoutingResult
+        """
         self._check_refit("route")
         return self.best_estimator_.route(X)
 
@@ -644,6 +674,17 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
 
         ``"agreement"`` needs no ``y``: the fraction of samples whose routed
         prediction equals the base model's.
+
+        Parameters
+        ----------
+        X : array-like, tensor or DataLoader
+            Input of the kind the estimator was fitted on.
+        y : array-like of shape (n_samples,), default=None
+            True labels; required unless the scoring is ``"agreement"``.
+
+        Returns
+        -------
+        score : float
         """
         self._check_refit("score")
         scoring = self._scoring

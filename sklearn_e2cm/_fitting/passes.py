@@ -221,7 +221,19 @@ class RowCache:
         self.filled = 0
 
     def add(self, F):
-        """Append the rows of batch ``F`` (numpy or torch)."""
+        """Append the rows of batch ``F`` (numpy or torch).
+
+        Rows go into the buffer allocated on the first call (``n_rows`` rows, of
+        ``F``'s dtype and device); past ``n_rows`` they are kept as extra chunks.
+
+        Parameters
+        ----------
+        F : ndarray or torch.Tensor of shape (n, D)
+
+        Returns
+        -------
+        None
+        """
         n = F.shape[0]
         if self.data is None and not self.chunks and self.n_rows:
             shape = (self.n_rows, F.shape[1])
@@ -240,7 +252,13 @@ class RowCache:
         self.filled += n
 
     def rows(self):
-        """Every row added, as one array."""
+        """Every row added, as one array.
+
+        Returns
+        -------
+        rows : ndarray or torch.Tensor of shape (n_added, D)
+            A view of the buffer when no extra chunks were needed.
+        """
         if not self.chunks:
             return self.data[:self.filled]
         if len(self.chunks) == 1:

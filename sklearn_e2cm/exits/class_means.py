@@ -6,7 +6,7 @@ array types share, and dispatch the few that differ through :func:`xp`.
 
 * :class:`ClassStatsAccumulator` accumulates per-class sums and weights in
   float64 while batches stream by (eq. 2), optionally with the pooled
-  within-class scatter for the whitened metric (DESIGN §2.13).
+  within-class scatter for the whitened metric.
 * :func:`squared_distances` is eq. 3 as one matrix product per batch.
 * :class:`ExitHead` turns a stage vector into exit scores ``-d / s`` (eq. 4)
   or whitened linear scores, and into probabilities (eq. 5, stable softmax).
@@ -127,7 +127,22 @@ class ClassStatsAccumulator:
         self.n_seen = 0
 
     def grow(self, n_classes, n_features):
-        """Make room for ``n_classes`` classes of ``n_features`` features (zeros)."""
+        """Make room for ``n_classes`` classes of ``n_features`` features (zeros).
+
+        Allocates the sums on first use; later calls only append zero rows for
+        new classes. Raises ``ValueError`` when ``n_features`` changed.
+
+        Parameters
+        ----------
+        n_classes : int
+            Number of classes to hold (never shrinks).
+        n_features : int
+            Width of the stage vectors.
+
+        Returns
+        -------
+        None
+        """
         if self.sums is None:
             self.sums = np.zeros((n_classes, n_features))
             self.weights = np.zeros(n_classes)
@@ -154,6 +169,20 @@ class ClassStatsAccumulator:
         batches in float64; the product itself is in the features' precision
         for the Euclidean metric and in float64 with ``scatter=True`` (the
         whitened metric amplifies any error in the means or the covariance).
+
+        Parameters
+        ----------
+        F : ndarray or torch.Tensor of shape (n, D)
+            Stage vectors of the batch.
+        y_idx : array-like of int of shape (n,)
+            Class index of every row.
+        sample_weight : array-like of shape (n,), default=None
+            Row weights (1 when None).
+
+        Returns
+        -------
+        None
+            The statistics are updated in place; an empty batch changes nothing.
         """
         y_idx = np.asarray(y_idx, dtype=np.intp)
         if y_idx.shape[0] == 0:
@@ -206,11 +235,25 @@ class ClassStatsAccumulator:
             return self.sums / self.weights[:, None]
 
     def means(self):
-        """Weighted class means, shape (n_classes, n_features), float64."""
+        """Weighted class means, shape (n_classes, n_features), float64.
+
+        Returns
+        -------
+        means : ndarray of float64 of shape (n_classes, n_features)
+            NaN rows for classes with zero total weight.
+        """
         return self._centred_means() + self.shift
 
     def within_class_covariance(self):
-        """Pooled within-class covariance ``Σ_k Σ_{i∈k} w_i (x_i - c_k)(x_i - c_k)ᵀ / Σ w``."""
+        """Pooled within-class covariance ``Σ_k Σ_{i∈k} w_i (x_i - c_k)(x_i - c_k)ᵀ / Σ w``.
+
+        Only available with ``scatter=True`` (else ``ValueError``).
+
+        Returns
+        -------
+        cov : ndarray of float64 of shape (n_features, n_features)
+            Symmetric.
+        """
         if not self.scatter:
             raise ValueError("Accumulator was created with scatter=False.")
         means = self._centred_means()  # covariance is shift-invariant
@@ -286,7 +329,7 @@ def oas_shrinkage(cov, n_samples):
 
 
 def whitened_head(means, cov, shrinkage="oas", n_samples=None):
-    """Exit head with the shared-covariance (Mahalanobis) metric, DESIGN §2.13.
+    """Exit head with the shared-covariance (Mahalanobis) metric.
 
     The covariance is shrunk towards ``mu * I`` (``mu`` its mean eigenvalue)
     by ``shrinkage`` (a float in [0, 1], or ``"oas"``), then
@@ -385,20 +428,54 @@ class ExitHead:
         return state
 
     def distances(self, F):
-        """Euclidean distances ``d_k`` (eq. 3), shape (n, K)."""
+        """Euclidean distances ``d_k`` (eq. 3), shape (n, K).
+
+        Parameters
+        ----------
+        F : ndarray or torch.Tensor of shape (n, D)
+            Stage vectors.
+
+        Returns
+        -------
+        d : array of shape (n, K)
+            Distance of every row to every class mean, in ``F``'s array type,
+            dtype and device.
+        """
         means, sqn, _ = self._params(F)
         d2 = squared_distances(F, means, sqn)
         return d2.sqrt_() if is_torch(d2) else np.sqrt(d2, out=d2)
 
     def scores(self, F):
-        """Exit logits: ``-d / s`` (Euclidean) or ``x·Wᵀ + b`` (Mahalanobis)."""
+        """Exit logits: ``-d / s`` (Euclidean) or ``x·Wᵀ + b`` (Mahalanobis).
+
+        Parameters
+        ----------
+        F : ndarray or torch.Tensor of shape (n, D)
+            Stage vectors.
+
+        Returns
+        -------
+        S : array of shape (n, K)
+            In ``F``'s array type, dtype and device.
+        """
         if self.metric == "mahalanobis":
             W, b = self._params(F)
             return F @ W.T + b[None, :]
         return self.scores_from_distances(self.distances(F))
 
     def scores_from_distances(self, d):
-        """``-d / s`` computed in the dtype of ``d`` (eq. 4; Euclidean only)."""
+        """``-d / s`` computed in the dtype of ``d`` (eq. 4; Euclidean only).
+
+        Parameters
+        ----------
+        d : ndarray or torch.Tensor of shape (n, K)
+            Distances from :meth:`distances`.
+
+        Returns
+        -------
+        S : array of shape (n, K)
+            ``-d`` when the head has no ``scale``.
+        """
         _, _, inv = self._params(d)
         return -d if inv is None else -(d * inv[None, :])
 
@@ -420,19 +497,56 @@ class ExitHead:
         return self.proba(F), None
 
     def proba(self, F):
-        """Exit probabilities (eq. 5), shape (n, K)."""
+        """Exit probabilities (eq. 5), shape (n, K).
+
+        Parameters
+        ----------
+        F : ndarray or torch.Tensor of shape (n, D)
+            Stage vectors.
+
+        Returns
+        -------
+        P : array of shape (n, K)
+            Softmax of :meth:`scores`, in ``F``'s array type and device.
+        """
         return softmax(self.scores(F))
 
     def proba_from_distances(self, d):
-        """Exit probabilities from precomputed distances (same arithmetic as :meth:`proba`)."""
+        """Exit probabilities from precomputed distances (same arithmetic as :meth:`proba`).
+
+        Parameters
+        ----------
+        d : ndarray or torch.Tensor of shape (n, K)
+            Distances from :meth:`distances`.
+
+        Returns
+        -------
+        P : array of shape (n, K)
+        """
         return softmax(self.scores_from_distances(d))
 
     def flops(self):
-        """Per-sample FLOPs of :meth:`proba` plus the exit decision."""
+        """Per-sample FLOPs of :meth:`proba` plus the exit decision.
+
+        Returns
+        -------
+        flops : number
+            See :func:`head_flops`.
+        """
         return head_flops(self.n_features, self.n_classes, self.metric, self.scale is not None)
 
     def nbytes(self, itemsize=8):
-        """Bytes the head stores for inference (means or W, norms/intercepts, scales)."""
+        """Bytes the head stores for inference (means or W, norms/intercepts, scales).
+
+        Parameters
+        ----------
+        itemsize : int, default=8
+            Bytes per stored float.
+
+        Returns
+        -------
+        nbytes : int
+        """
         K, D = self.means.shape
         if self.metric == "mahalanobis":
             return (K * D + K) * itemsize

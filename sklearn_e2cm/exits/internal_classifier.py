@@ -77,6 +77,18 @@ class InternalClassifierHead:
         The distances are ``-scores`` of the class-means head: ``d / s``
         (eq. 3-4) for the Euclidean metric, the negated linear-discriminant
         scores for the whitened one.
+
+        Parameters
+        ----------
+        F : ndarray or torch.Tensor of shape (n, D)
+            Stage vectors.
+        S : array of shape (n, K), default=None
+            Precomputed class-means scores of ``F``; computed when needed and None.
+
+        Returns
+        -------
+        V : array of shape (n, D) or (n, D + K)
+            ``F`` itself without ``e2cm_input``; same array type as ``F``.
         """
         if not self.e2cm_input:
             return F
@@ -85,7 +97,22 @@ class InternalClassifierHead:
         return concat([F, -S], axis=1)
 
     def raw(self, F):
-        """``(P, IC confidence, E²CM confidence or None)`` before any combination."""
+        """``(P, IC confidence, E²CM confidence or None)`` before any combination.
+
+        Parameters
+        ----------
+        F : ndarray or torch.Tensor of shape (n, D)
+            Stage vectors.
+
+        Returns
+        -------
+        P : array of shape (n, K)
+            The IC's class probabilities, in ``F``'s array type and device.
+        conf : ndarray of float64 of shape (n,)
+            The IC's confidence under ``criterion``.
+        conf_e : ndarray of shape (n,) or None
+            E²CM's largest exit probability, only with ``combine``.
+        """
         params = self._params(F)
         W, b = params[0], params[1]
         S = self.e2cm.scores(F) if (self.e2cm_input or self.combine) else None
@@ -110,7 +137,23 @@ class InternalClassifierHead:
         return P, to_numpy(conf).astype(np.float64), conf_e
 
     def combined(self, conf, conf_e):
-        """The exit confidence compared with the threshold."""
+        """The exit confidence compared with the threshold.
+
+        Without ``combine`` it is ``conf``; with it, the quantiles of ``conf`` and
+        ``conf_e`` on the tuning rows combined by ``min`` (``"and"``) or ``max``
+        (``"or"``).
+
+        Parameters
+        ----------
+        conf : ndarray of shape (n,)
+            The IC's confidence.
+        conf_e : ndarray of shape (n,) or None
+            E²CM's confidence.
+
+        Returns
+        -------
+        conf : ndarray of shape (n,)
+        """
         if not self.combine:
             return conf
         qi = _quantile_map(conf, self.q_ic)
@@ -118,19 +161,66 @@ class InternalClassifierHead:
         return np.minimum(qi, qe) if self.combine == "and" else np.maximum(qi, qe)
 
     def set_quantiles(self, conf, conf_e):
+        """Record the quantile grids of both confidences on the tuning rows (for ``combine``).
+
+        Parameters
+        ----------
+        conf : array-like of shape (n,)
+            The IC's confidences on the tuning rows.
+        conf_e : array-like of shape (n,)
+            E²CM's confidences on the same rows.
+
+        Returns
+        -------
+        None
+            Sets ``q_ic`` and ``q_e2cm`` (``N_QUANTILES`` points each).
+        """
         levels = np.linspace(0.0, 1.0, N_QUANTILES)
         self.q_ic = np.quantile(conf, levels)
         self.q_e2cm = np.quantile(np.asarray(conf_e, dtype=np.float64), levels)
 
     def decide(self, F):
+        """Class probabilities of a batch and its exit confidence.
+
+        Parameters
+        ----------
+        F : ndarray or torch.Tensor of shape (n, D)
+            Stage vectors.
+
+        Returns
+        -------
+        P : array of shape (n, K)
+            The IC's class probabilities, in ``F``'s array type and device.
+        conf : ndarray of shape (n,)
+            The (combined) confidence compared with the threshold.
+        """
         P, conf, conf_e = self.raw(F)
         return P, self.combined(conf, conf_e)
 
     def proba(self, F):
+        """The IC's class probabilities of a batch.
+
+        Parameters
+        ----------
+        F : ndarray or torch.Tensor of shape (n, D)
+            Stage vectors.
+
+        Returns
+        -------
+        P : array of shape (n, K)
+        """
         return self.raw(F)[0]
 
     def flops(self):
-        """Per-sample FLOPs of the head (multiply-add = 2) and of its exit decision."""
+        """Per-sample FLOPs of the head (multiply-add = 2) and of its exit decision.
+
+        Includes the class-means head when its scores are used (``e2cm_input``
+        or ``combine``) and the quantile look-ups of ``combine``.
+
+        Returns
+        -------
+        flops : float
+        """
         K, D_in = self.W.shape
         f = 2 * K * D_in + K + 5 * K  # linear layer, softmax
         f += {"max_proba": K + 1, "entropy": 3 * K + 3}.get(self.criterion, 0)
@@ -144,6 +234,20 @@ class InternalClassifierHead:
         return float(f)
 
     def nbytes(self, itemsize=8):
+        """Bytes the head stores for inference.
+
+        The linear layer(s), the class-means head when used, and the quantile
+        grids of ``combine`` (always 8-byte floats).
+
+        Parameters
+        ----------
+        itemsize : int, default=8
+            Bytes per stored float.
+
+        Returns
+        -------
+        nbytes : int
+        """
         n = self.W.size + self.b.size
         if self.Wd is not None:
             n += self.Wd.size + self.bd.size

@@ -35,10 +35,33 @@ class ExitHeadProtocol(Protocol):
         """
 
     def proba(self, F):
-        """Class probabilities of a batch, shape (n, n_classes)."""
+        """Class probabilities of a batch.
+
+        Parameters
+        ----------
+        F : array of shape (n, D)
+
+        Returns
+        -------
+        P : array of shape (n, n_classes)
+        """
 
     def flops(self):
-        """Per-sample FLOPs of :meth:`decide` (multiply-add counted as 2)."""
+        """Per-sample FLOPs of :meth:`decide` (multiply-add counted as 2).
+
+        Returns
+        -------
+        flops : float
+        """
 
     def nbytes(self, itemsize=8):
-        """Bytes the head stores for inference, with ``itemsize``-byte floats."""
+        """Bytes the head stores for inference, with ``itemsize``-byte floats.
+
+        Parameters
+        ----------
+        itemsize : int, default=8
+
+        Returns
+        -------
+        nbytes : int
+        """

@@ -51,7 +51,17 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x):
-        """Residual block output for a batch ``x`` of shape ``(N, C, H, W)``."""
+        """Residual block output for a batch ``x`` of shape ``(N, C, H, W)``.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, in_planes, H, W)
+
+        Returns
+        -------
+        out : torch.Tensor of shape (N, planes, H / stride, W / stride)
+            ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
+        """
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -121,7 +131,16 @@ class ResNetSmall(nn.Module):
         return nn.Sequential(*blocks)
 
     def forward(self, x):
-        """Class scores (logits) of shape ``(N, n_classes)`` for ``x`` of shape ``(N, C, H, W)``."""
+        """Class scores (logits) of shape ``(N, n_classes)`` for ``x`` of shape ``(N, C, H, W)``.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, in_channels, H, W)
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (N, n_classes)
+        """
         x = self.stem(x)
         x = self.layer1(x)
         x = self.layer2(x)

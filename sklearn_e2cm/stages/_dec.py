@@ -188,7 +188,14 @@ class DECStages(StageAdapter):
 
     @contextlib.contextmanager
     def activate(self):
-        """Modules on ``device``, in eval mode, under ``torch.inference_mode``; then on the CPU."""
+        """Modules on ``device``, in eval mode, under ``torch.inference_mode``; then on the CPU.
+
+        A context manager: on exit every module is moved back to the CPU.
+
+        Yields
+        ------
+        self : DECStages
+        """
         torch = import_torch("DEC")
         device = resolve_device(self.device)
         mods = self._modules()
@@ -202,7 +209,21 @@ class DECStages(StageAdapter):
                 m.cpu()
 
     def batches(self, X, y=None, batch_size=None):
-        """Yield ``(Xb, yb)``: float32 tensors on ``device`` of ``batch_size`` rows of ``X``."""
+        """Yield ``(Xb, yb)``: float32 tensors on ``device`` of ``batch_size`` rows of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,), default=None
+        batch_size : int, default=None
+            Rows per batch; ``None`` (or 0) gives one batch of every row.
+
+        Yields
+        ------
+        Xb : torch.Tensor of shape (n_batch, n_features)
+            float32, on ``device``.
+        yb : ndarray of shape (n_batch,) or None
+        """
         device = resolve_device(self.device)
         n = X.shape[0]
         step = n if not batch_size else int(batch_size)
@@ -211,23 +232,95 @@ class DECStages(StageAdapter):
             yield xb, (None if y is None else np.asarray(y[start : start + step]))
 
     def run_stage(self, j, Z):
+        """Output of shared block ``j`` for its input batch ``Z``.
+
+        Parameters
+        ----------
+        j : int
+            Stage index, ``0 .. M-2``.
+        Z : torch.Tensor of shape (n, d_in)
+
+        Returns
+        -------
+        Z_out : torch.Tensor of shape (n, d_out)
+            Same device as ``Z``.
+        """
         return self.stages[j](Z)
 
     def stage_vector(self, j, Z):
+        """Exit ``j``'s embedding: its trainable tail applied to block ``j``'s output.
+
+        Parameters
+        ----------
+        j : int
+            Stage index, ``0 .. M-2``.
+        Z : torch.Tensor of shape (n, d)
+            Block ``j``'s output.
+
+        Returns
+        -------
+        F : torch.Tensor of shape (n, vector_dims_[j])
+            Same device as ``Z``.
+        """
         return self.tails[j](Z)
 
     def final_outputs(self, Z):
-        """The large DEC's cluster (argmax of its Student-t assignment) and ``Q``."""
+        """The large DEC's cluster (argmax of its Student-t assignment) and ``Q``.
+
+        Parameters
+        ----------
+        Z : torch.Tensor of shape (n, d)
+            Input of the last stage (output of the last shared block).
+
+        Returns
+        -------
+        class_index : ndarray of intp of shape (n,)
+            Cluster of every row.
+        Q : ndarray of float64 of shape (n, n_clusters)
+            Student-t soft assignment (numpy).
+        """
         Zl = self.to_numpy(self.final(Z))
         Q = _soft_assign_numpy(Zl, self.centers)
         return Q.argmax(axis=1).astype(np.intp), Q
 
     def take(self, Z, keep):
+        """Rows of ``Z`` selected by the boolean numpy mask ``keep``.
+
+        Parameters
+        ----------
+        Z : torch.Tensor of shape (n, ...)
+        keep : ndarray of bool of shape (n,)
+
+        Returns
+        -------
+        Z_kept : torch.Tensor of shape (keep.sum(), ...)
+            On ``Z``'s device.
+        """
         torch = import_torch("DEC")
         return Z[torch.from_numpy(np.asarray(keep, dtype=bool)).to(Z.device)]
 
     def n_rows(self, Z):
+        """Number of rows of a batch.
+
+        Parameters
+        ----------
+        Z : torch.Tensor of shape (n, ...)
+
+        Returns
+        -------
+        n : int
+        """
         return int(Z.shape[0])
 
     def to_numpy(self, a):
+        """A tensor (or array) as a numpy array on the CPU.
+
+        Parameters
+        ----------
+        a : torch.Tensor or array-like
+
+        Returns
+        -------
+        a_np : ndarray
+        """
         return to_numpy(a)

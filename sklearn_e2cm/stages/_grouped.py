@@ -107,17 +107,65 @@ class GroupedStages(StageAdapter):
 
     # --------------------------------------------------------------- running
     def fit(self, X, y=None, sample_weight=None):
-        """The base adapter is fitted already; nothing to do."""
+        """The base adapter is fitted already; nothing to do.
+
+        Parameters
+        ----------
+        X, y, sample_weight : Ignored
+            Present for the :class:`~sklearn_e2cm.stages.base.StageAdapter`
+            interface.
+
+        Returns
+        -------
+        self : GroupedStages
+        """
         return self
 
     def activate(self):
-        """The base adapter's inference context."""
+        """The base adapter's inference context.
+
+        Returns
+        -------
+        context : context manager
+            ``self.base.activate()``.
+        """
         return self.base.activate()
 
     def batches(self, X, y=None, batch_size=None):
+        """The base adapter's batches (see :meth:`StageAdapter.batches`).
+
+        Parameters
+        ----------
+        X : array-like or backend input of shape (n_samples, ...)
+        y : array-like of shape (n_samples,), default=None
+        batch_size : int, default=None
+
+        Returns
+        -------
+        batches : iterator of (Xb, yb)
+            ``Xb`` in the base adapter's native array type, ``yb`` numpy labels or None.
+        """
         return self.base.batches(X, y, batch_size)
 
     def run_stage(self, g, Z):
+        """Output of group ``g``: the base stages of the group run in sequence.
+
+        For the last group of a classifier chain the base model's classifier is
+        left out (it runs in :meth:`final_outputs`).
+
+        Parameters
+        ----------
+        g : int
+            Group index.
+        Z : backend array of shape (n, ...)
+            Input batch of the group's first base stage.
+
+        Returns
+        -------
+        Z_out : backend array of shape (n, ...)
+            Output of the group's last base stage run, in the base adapter's array
+            type and device.
+        """
         stop = self.ends[g]
         if g == self.n_stages - 1 and self.final_is_classifier:
             stop -= 1  # the base model's classifier runs in final_outputs
@@ -126,23 +174,93 @@ class GroupedStages(StageAdapter):
         return Z
 
     def stage_vector(self, g, Z):
+        """Stage vector of group ``g``: that of its last base stage.
+
+        Parameters
+        ----------
+        g : int
+            Group index.
+        Z : backend array of shape (n, ...)
+            Output batch of group ``g``.
+
+        Returns
+        -------
+        F : backend array of shape (n, vector_dims_[g])
+        """
         return self.base.stage_vector(self.ends[g], Z)
 
     def final_outputs(self, Z):
         # the router calls this on the last group's input: run the group but the classifier
+        """Base model's ``(class_index, proba)`` from the last group's input.
+
+        Runs the last group but its classifier, then the base adapter's
+        :meth:`final_outputs`.
+
+        Parameters
+        ----------
+        Z : backend array of shape (n, ...)
+            Input batch of the last group.
+
+        Returns
+        -------
+        class_index : ndarray of int of shape (n,)
+        proba : array of shape (n, K)
+            numpy or torch, as the base adapter returns it.
+        """
         Z = self.run_stage(self.n_stages - 1, Z)
         return self.base.final_outputs(Z)
 
     def take(self, Z, keep):
+        """Rows of ``Z`` selected by the boolean numpy mask ``keep`` (the base adapter's).
+
+        Parameters
+        ----------
+        Z : backend array of shape (n, ...)
+        keep : ndarray of bool of shape (n,)
+
+        Returns
+        -------
+        Z_kept : backend array of shape (keep.sum(), ...)
+        """
         return self.base.take(Z, keep)
 
     def n_rows(self, Z):
+        """Number of rows of a batch (the base adapter's).
+
+        Parameters
+        ----------
+        Z : backend array of shape (n, ...)
+
+        Returns
+        -------
+        n : int
+        """
         return self.base.n_rows(Z)
 
     def to_numpy(self, a):
+        """A backend array as a numpy array (the base adapter's).
+
+        Parameters
+        ----------
+        a : backend array or array-like
+
+        Returns
+        -------
+        a_np : ndarray
+        """
         return self.base.to_numpy(a)
 
     def set_classes(self, classes):
+        """Pass the estimator's sorted ``classes_`` on to the base adapter.
+
+        Parameters
+        ----------
+        classes : array-like of shape (n_classes,)
+
+        Returns
+        -------
+        self : GroupedStages
+        """
         self.base.set_classes(classes)
         return self
 

@@ -1,4 +1,4 @@
-"""Feature reduction of torch stage outputs before the class means (DESIGN §2.6).
+"""Feature reduction of torch stage outputs before the class means.
 
 :func:`make_pooling` turns a ``pooling=`` specification into one reduction per
 stage. A reduction maps a stage output batch ``(n, C, *spatial)`` to a smaller

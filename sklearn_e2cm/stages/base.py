@@ -81,26 +81,97 @@ class StageAdapter(ABC):
 
     @abstractmethod
     def fit(self, X, y, sample_weight=None):
-        """Prepare the stages on training data and measure FLOPs; return self."""
+        """Prepare the stages on training data and measure their FLOPs.
+
+        Sets ``stage_flops_``, ``vector_flops_`` and ``vector_dims_``.
+
+        Parameters
+        ----------
+        X : array-like or backend input of shape (n_samples, ...)
+            Training data, in any form :meth:`batches` accepts.
+        y : array-like of shape (n_samples,) or None
+            Raw training labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Per-sample weights for the stages that are trained.
+
+        Returns
+        -------
+        self : StageAdapter
+        """
 
     @abstractmethod
     def batches(self, X, y=None, batch_size=None):
-        """Yield ``(Xb, yb)`` batches in the backend's native form."""
+        """Yield ``(Xb, yb)`` batches in the backend's native form.
+
+        Parameters
+        ----------
+        X : array-like or backend input of shape (n_samples, ...)
+            Data to cut into batches.
+        y : array-like of shape (n_samples,), default=None
+            Raw labels, cut along with ``X``.
+        batch_size : int, default=None
+            Rows per batch; ``None`` uses the adapter's default.
+
+        Yields
+        ------
+        Xb : backend array of shape (n_batch, ...)
+            numpy for scikit-learn, a torch tensor on the adapter's device for torch.
+        yb : ndarray of shape (n_batch,) or None
+            Raw labels of the batch, ``None`` when ``y`` is None.
+        """
 
     @abstractmethod
     def run_stage(self, j, Z):
-        """Output of stage ``j`` for its input batch ``Z``."""
+        """Output of stage ``j`` for its input batch ``Z``.
+
+        Parameters
+        ----------
+        j : int
+            Stage index.
+        Z : backend array of shape (n, ...)
+            Stage ``j``'s input batch (the batch itself for ``j == 0``).
+
+        Returns
+        -------
+        Z_out : backend array of shape (n, ...)
+            Stage ``j``'s output, same array type and device as ``Z``.
+        """
 
     @abstractmethod
     def stage_vector(self, j, Z):
-        """2-D feature matrix of stage ``j``'s output batch ``Z``."""
+        """2-D feature matrix of stage ``j``'s output batch ``Z``.
+
+        Parameters
+        ----------
+        j : int
+            Stage index.
+        Z : backend array of shape (n, ...)
+            Stage ``j``'s output batch.
+
+        Returns
+        -------
+        F : backend array of shape (n, D_j)
+            The stage vectors the class means live in: numpy float64 for
+            scikit-learn, a float32 tensor on the device for torch.
+        """
 
     def final_outputs(self, Z):
         """Base model's ``(class_index, proba)`` from the last stage's input.
 
-        ``class_index`` is a 1-D integer numpy array of indices into the
-        estimator's ``classes_``; ``proba`` a ``(n, K)`` array (numpy or
-        torch). Only called when :attr:`final_is_classifier` is True.
+        Only called when :attr:`final_is_classifier` is True; raises
+        ``NotImplementedError`` here.
+
+        Parameters
+        ----------
+        Z : backend array of shape (n, ...)
+            Input batch of the last stage.
+
+        Returns
+        -------
+        class_index : ndarray of int of shape (n,)
+            Indices into the estimator's ``classes_``.
+        proba : array of shape (n, K)
+            Class probabilities (numpy or torch).
         """
         raise NotImplementedError
 
@@ -111,18 +182,56 @@ class StageAdapter(ABC):
         return False
 
     def take(self, Z, keep):
-        """Rows of ``Z`` selected by the boolean numpy mask ``keep``."""
+        """Rows of ``Z`` selected by the boolean numpy mask ``keep``.
+
+        Parameters
+        ----------
+        Z : backend array of shape (n, ...)
+        keep : ndarray of bool of shape (n,)
+
+        Returns
+        -------
+        Z_kept : backend array of shape (keep.sum(), ...)
+        """
         return Z[keep]
 
     def n_rows(self, Z):
-        """Number of rows of a batch."""
+        """Number of rows of a batch.
+
+        Parameters
+        ----------
+        Z : backend array of shape (n, ...)
+
+        Returns
+        -------
+        n : int
+        """
         return Z.shape[0]
 
     def to_numpy(self, a):
-        """A backend array as a numpy array (used for small per-sample outputs)."""
+        """A backend array as a numpy array (used for small per-sample outputs).
+
+        Parameters
+        ----------
+        a : backend array or array-like
+
+        Returns
+        -------
+        a_np : ndarray
+        """
         return np.asarray(a)
 
     def set_classes(self, classes):
-        """Tell the adapter the estimator's sorted ``classes_`` (for the final classifier)."""
+        """Tell the adapter the estimator's sorted ``classes_`` (for the final classifier).
+
+        Parameters
+        ----------
+        classes : array-like of shape (n_classes,)
+            Sorted class labels; stored as ``classes_``.
+
+        Returns
+        -------
+        self : StageAdapter
+        """
         self.classes_ = np.asarray(classes)
         return self

@@ -93,6 +93,20 @@ class SklearnStages(StageAdapter):
 
         Only the steps before the last unfitted one need the transformed
         training data; the output widths of the rest are read on a few rows.
+        Sets ``fitted_steps_``, ``stage_flops_`` (NaN where a step's cost is
+        unknown, with the error in ``cost_errors_``), ``vector_flops_`` (zeros) and
+        ``vector_dims_`` (0 for a final classifier).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or None
+        sample_weight : array-like of shape (n_samples,), default=None
+            Passed to the steps whose ``fit`` accepts it.
+
+        Returns
+        -------
+        self : SklearnStages
         """
         Z = X
         unfitted = [j for j, step in enumerate(self.steps) if _trained_by_fit(step)]
@@ -143,6 +157,22 @@ class SklearnStages(StageAdapter):
         return np.asarray(out, dtype=np.float64)
 
     def batches(self, X, y=None, batch_size=None):
+        """Yield ``(Xb, yb)``: consecutive row slices of ``X`` and ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Sliced as it is (numpy array or sparse matrix).
+        y : array-like of shape (n_samples,), default=None
+        batch_size : int, default=None
+            Rows per batch; falls back to the adapter's ``batch_size``, then to one
+            batch of every row.
+
+        Yields
+        ------
+        Xb : array of shape (n_batch, n_features)
+        yb : array of shape (n_batch,) or None
+        """
         bs = batch_size or self.batch_size or X.shape[0]
         n = X.shape[0]
         for start in range(0, n, bs):
@@ -150,12 +180,56 @@ class SklearnStages(StageAdapter):
             yield X[sl], (None if y is None else y[sl])
 
     def run_stage(self, j, Z):
+        """Output of fitted step ``j`` (``transform``) for its input batch ``Z``.
+
+        Parameters
+        ----------
+        j : int
+            Stage index.
+        Z : array of shape (n, d_in)
+
+        Returns
+        -------
+        Z_out : ndarray of float64 of shape (n, d_out)
+            Dense (sparse outputs are densified); ``Z`` itself for a passthrough.
+        """
         return self._transform(self.fitted_steps_[j], Z)
 
     def stage_vector(self, j, Z):
+        """Stage ``j``'s output itself: it is already a 2-D feature matrix.
+
+        Parameters
+        ----------
+        j : int
+            Stage index (unused).
+        Z : ndarray of shape (n, D_j)
+            Stage ``j``'s output batch.
+
+        Returns
+        -------
+        F : ndarray of shape (n, D_j)
+            ``Z`` unchanged.
+        """
         return Z
 
     def final_outputs(self, Z):
+        """The final classifier's predictions and probabilities on the last stage's input.
+
+        Probabilities come from ``predict_proba``, else from a softmax of
+        ``decision_function``; their columns are placed at the classifier's
+        classes among the estimator's ``classes_`` (other columns are 0).
+
+        Parameters
+        ----------
+        Z : ndarray of shape (n, d)
+            Input of the last stage.
+
+        Returns
+        -------
+        class_index : ndarray of int of shape (n,)
+            Indices of the predictions in ``classes_``.
+        proba : ndarray of shape (n, len(classes_))
+        """
         clf = self.fitted_steps_[-1]
         pred = clf.predict(Z)
         idx = np.searchsorted(self.classes_, pred)
@@ -172,7 +246,19 @@ class SklearnStages(StageAdapter):
         return idx, full
 
     def check_classes(self, classes):
-        """Ensure the final classifier knows exactly the estimator's classes."""
+        """Ensure the final classifier knows exactly the estimator's classes.
+
+        Parameters
+        ----------
+        classes : array-like of shape (n_classes,)
+            The estimator's training labels.
+
+        Returns
+        -------
+        None
+            Raises ``ValueError`` when the final classifier predicts a class not in
+            ``classes``.
+        """
         if self.final_is_classifier:
             clf_classes = np.asarray(self.fitted_steps_[-1].classes_)
             missing = np.setdiff1d(clf_classes, classes)

@@ -353,7 +353,18 @@ class TorchStages(StageAdapter):
         return self
 
     def set_classes(self, classes):
-        """Record the estimator's sorted ``classes_``; check them against the network's outputs."""
+        """Record the estimator's sorted ``classes_``; check them against the network's outputs.
+
+        Parameters
+        ----------
+        classes : array-like of shape (n_classes,)
+
+        Returns
+        -------
+        self : TorchStages
+            Raises ``ValueError`` when ``final_classifier=True`` and the fitted last
+            stage outputs a different number of class scores.
+        """
         classes = np.asarray(classes)
         if self.final_classifier is True and self._fitted and self.n_outputs_ != len(classes):
             raise ValueError(
@@ -370,6 +381,10 @@ class TorchStages(StageAdapter):
 
         Every module's training flag and every parameter's and buffer's device
         are restored on exit, also when the body raises.
+
+        Yields
+        ------
+        self : TorchStages
         """
         self._check_stages()
         device = getattr(self, "device_", None)
@@ -419,6 +434,22 @@ class TorchStages(StageAdapter):
         ``X`` is an array or tensor of shape ``(n, ...)`` (cut into batches of
         ``batch_size`` rows) or a DataLoader yielding ``(x, y)`` pairs or
         ``x`` alone (its batches are kept; ``y`` must then be None).
+
+        Parameters
+        ----------
+        X : array-like, torch.Tensor or DataLoader
+            Samples of the per-sample shape the stages were fitted on.
+        y : array-like of shape (n_samples,), default=None
+            Labels; must be None for a DataLoader.
+        batch_size : int, default=None
+            Rows per batch; falls back to the adapter's ``batch_size``, then to a
+            default. Ignored for a DataLoader.
+
+        Yields
+        ------
+        Xb : torch.Tensor of shape (n_batch, ...)
+            In ``input_dtype_`` (float32 by default), on ``device_``.
+        yb : ndarray of shape (n_batch,) or None
         """
         device = getattr(self, "device_", None) or resolve_device(self.device)
         dtype = getattr(self, "input_dtype_", None) or torch.float32
@@ -489,11 +520,35 @@ class TorchStages(StageAdapter):
         run in eval mode under :func:`torch.inference_mode` (so a training
         flag never updates batch-norm statistics), at the cost of switching
         modes on every call.
+
+        Parameters
+        ----------
+        j : int
+            Stage index.
+        Z : torch.Tensor of shape (n, ...)
+            Stage ``j``'s input batch, on the stage's device.
+
+        Returns
+        -------
+        Z_out : torch.Tensor of shape (n, ...)
         """
         return self._call(self.stage_modules_[j], Z)
 
     def stage_vector(self, j, Z):
-        """Pooled and flattened ``(n, D_j)`` float32 tensor of stage ``j``'s output."""
+        """Pooled and flattened ``(n, D_j)`` float32 tensor of stage ``j``'s output.
+
+        Parameters
+        ----------
+        j : int
+            Stage index.
+        Z : torch.Tensor of shape (n, ...)
+            Stage ``j``'s output batch.
+
+        Returns
+        -------
+        F : torch.Tensor of float32 of shape (n, D_j)
+            On ``Z``'s device.
+        """
         if getattr(self, "_active", 0) > 0:
             V = self._poolings[j](Z)
         else:
@@ -502,7 +557,19 @@ class TorchStages(StageAdapter):
         return V.reshape(V.shape[0], -1).float()
 
     def final_outputs(self, Z):
-        """``(argmax indices as numpy, softmax probabilities as a tensor)`` of the last stage."""
+        """``(argmax indices as numpy, softmax probabilities as a tensor)`` of the last stage.
+
+        Parameters
+        ----------
+        Z : torch.Tensor of shape (n, ...)
+            Input of the last stage, whose output must be ``(n, K)`` class scores.
+
+        Returns
+        -------
+        class_index : ndarray of intp of shape (n,)
+        proba : torch.Tensor of float32 of shape (n, K)
+            On ``Z``'s device.
+        """
         logits = self._call(self.stage_modules_[-1], Z)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
@@ -517,7 +584,19 @@ class TorchStages(StageAdapter):
         return True
 
     def take(self, Z, keep):
-        """Rows of ``Z`` selected by the numpy mask (or index array) ``keep``."""
+        """Rows of ``Z`` selected by the numpy mask (or index array) ``keep``.
+
+        Parameters
+        ----------
+        Z : torch.Tensor of shape (n, ...)
+        keep : ndarray of bool of shape (n,) or ndarray of int
+            Boolean mask or row indices.
+
+        Returns
+        -------
+        Z_kept : torch.Tensor
+            The selected rows, on ``Z``'s device.
+        """
         keep = np.asarray(keep)
         if keep.dtype == bool:
             keep = np.flatnonzero(keep)  # index_select is ~3x faster than a boolean mask
@@ -525,9 +604,29 @@ class TorchStages(StageAdapter):
         return Z.index_select(0, index)
 
     def n_rows(self, Z):
+        """Number of rows of a batch.
+
+        Parameters
+        ----------
+        Z : torch.Tensor of shape (n, ...)
+
+        Returns
+        -------
+        n : int
+        """
         return int(Z.shape[0])
 
     def to_numpy(self, a):
+        """A tensor (detached, on the CPU) or array as a numpy array.
+
+        Parameters
+        ----------
+        a : torch.Tensor or array-like
+
+        Returns
+        -------
+        a_np : ndarray
+        """
         if isinstance(a, torch.Tensor):
             return a.detach().cpu().numpy()
         return np.asarray(a)
