@@ -120,18 +120,29 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
+        Sorted class labels; class index ``k`` of every exit means ``classes_[k]``.
     n_stages_ : int
+        Number of stages ``M``; samples may leave after stages ``0 .. M-2``.
     class_means_ : list of ndarray of shape (n_classes, D_j)
+        Mean stage vector of each class at every stage (eq. 2, weighted by
+        ``sample_weight``), float64, after ``pooling``; for a chain ending in a
+        classifier the last entry holds the means of its class probabilities.
     distance_scale_ : list of ndarray of shape (n_classes,) or None
-        eq. 4 scales (Euclidean metric with ``normalize=True``).
+        eq. 4 scales: the mean distance of the tuning samples to each class
+        mean, per stage (``None`` with ``normalize=False`` or the whitened metric).
     shrinkage_ : list of float
-        Covariance shrinkage used at each stage (``metric="mahalanobis"``).
+        Covariance shrinkage used at each stage (``metric="mahalanobis"`` only).
     thresholds_ : ndarray of shape (n_stages - 1,)
         Thresholds of the main operating point (the hull vertex with the
         larger time-sharing weight).
     mixture_thresholds_ : ndarray of shape (n_components, n_stages - 1)
+        Threshold vectors of the served time-sharing mixture (one or two rows).
     mixture_weights_ : ndarray of shape (n_components,)
+        Probability that a sample is routed with each row of
+        ``mixture_thresholds_`` (drawn from a hash of the sample, seeded).
     stage_flops_ : ndarray of shape (n_stages,)
+        Per-sample FLOPs of each stage (multiply-add counted as 2), after
+        ``stage_costs``.
     exit_flops_ : ndarray of shape (n_stages,)
         Per-sample FLOPs of each exit head (pooling included; 0 where the
         base model's classifier decides).
@@ -140,13 +151,18 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
     expected_flops_ : float
         Expected normalised cost of the operating point on the tuning data.
     expected_accuracy_ : float
+        Expected accuracy of the operating point on the tuning data.
     tradeoff_ : pandas.DataFrame
         Swept operating points (``target``, ``flops``, ``accuracy``,
-        ``thresholds``, ``on_hull``).
+        ``thresholds``, ``on_hull``), measured on the tuning data.
     memory_overhead_bytes_ : int
         Bytes of class means, norms and scales stored for the active exits.
     n_features_in_ : int
+        Number of features of the input (for torch input: values per sample).
     feature_names_in_ : ndarray of str
+        Names of the input's features, when it has string column names.
+    input_shape_ : tuple
+        Shape of one sample (torch stages only).
 
     Examples
     --------

@@ -46,15 +46,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._backend import (
-    as_backend,
-    is_torch,
-    progress,
-    softmax,
-    to_numpy,
-    xp,
-    zeros_like_backend,
-)
+from ._backend import as_backend, softmax, to_numpy
 from ._exit_estimator import EarlyExitBase
 from ._fitting.inputs import (
     LabelIndex,
@@ -72,6 +64,7 @@ from ._fitting.passes import (
     fit_class_means,
     forward_source,
 )
+from ._fitting.training import LinearSoftmaxTrainer, run_epochs
 from ._routing import iter_stages
 from .stages import is_torch_stages, make_stage_adapter
 from .exits.internal_classifier import InternalClassifierHead
@@ -88,94 +81,19 @@ _DEFAULT_EXITS = {
 _DEFAULT_CRITERION = {"sdn": "max_proba", "branchynet": "entropy", "bwds": "decision"}
 
 
-class _LinearSoftmax:
-    """Multinomial logistic regression trained by minibatch Adam on backend arrays.
-
-    Works on numpy arrays and torch tensors alike (gradients written out, no
-    autograd: the stage outputs come from ``torch.inference_mode``). Inputs
-    are standardised with the mean and standard deviation of the first batch
-    it sees, so one learning rate suits stage outputs of any scale.
-    """
-
-    def __init__(self, n_out, learning_rate, beta1=0.9, beta2=0.999, eps=1e-8):
-        self.n_out = n_out
-        self.lr = learning_rate
-        self.beta1, self.beta2, self.eps = beta1, beta2, eps
-        self.t = 0
-        self.W = None
-
-    def _init(self, V):
-        D = V.shape[1]
-        ops = xp(V)
-        rms = ops.sqrt((V * V).mean(0))
-        if V.shape[0] >= 16:
-            mu = V.mean(0)
-            sd = ops.sqrt(((V - mu[None, :]) ** 2).mean(0))
-        else:  # too few rows for a spread (batch_size=1): scale only
-            mu, sd = V.mean(0) * 0.0, rms
-        # floor on the typical magnitude: a feature constant on the first batch must not
-        # blow up later
-        sd = ops.clip_min(sd, 0.1 * float(to_numpy(rms).mean()) + 1e-12)
-        self.mu, self.inv_sd = mu, 1.0 / sd
-        self.W = zeros_like_backend((self.n_out, D), V)
-        self.b = zeros_like_backend((self.n_out,), V)
-        self.mW, self.vW = zeros_like_backend((self.n_out, D), V), zeros_like_backend((self.n_out, D), V)
-        self.mb, self.vb = zeros_like_backend((self.n_out,), V), zeros_like_backend((self.n_out,), V)
-
-    def standardize(self, V):
-        return (V - self.mu[None, :]) * self.inv_sd[None, :]
-
-    def partial_fit(self, V, y_idx, sample_weight=None):
-        """One Adam step on the cross-entropy of a batch (class indices ``y_idx``)."""
-        if self.W is None:
-            self._init(V)
-        n = V.shape[0]
-        if n == 0 or (sample_weight is not None and not np.sum(sample_weight) > 0):
-            return self  # nothing to learn from this batch
-        Vs = self.standardize(V)
-        G = softmax(Vs @ self.W.T + self.b[None, :])
-        rows = np.arange(n)
-        y_idx = np.asarray(y_idx)
-        if is_torch(G):
-            import torch
-
-            rows = torch.as_tensor(rows, device=G.device)
-            y_idx = torch.as_tensor(y_idx, device=G.device)
-        G[rows, y_idx] -= 1.0
-        if sample_weight is None:
-            G = G / n
-        else:
-            w = as_backend(np.asarray(sample_weight, dtype=np.float64), G)
-            G = G * (w / w.sum())[:, None]
-        gW, gb = G.T @ Vs, G.sum(0)
-        self.t += 1
-        ops = xp(G)
-        c1 = 1.0 - self.beta1 ** self.t
-        c2 = 1.0 - self.beta2 ** self.t
-        for p, g, m, v in ((self.W, gW, self.mW, self.vW), (self.b, gb, self.mb, self.vb)):
-            m *= self.beta1
-            m += (1.0 - self.beta1) * g
-            v *= self.beta2
-            v += (1.0 - self.beta2) * g * g
-            p -= self.lr * (m / c1) / (ops.sqrt(v / c2) + self.eps)
-        return self
-
-    def export(self):
-        """``(W, b)`` of the layer on standardised-free inputs, as float64 numpy."""
-        W = to_numpy(self.W).astype(np.float64) * to_numpy(self.inv_sd).astype(np.float64)
-        b = to_numpy(self.b).astype(np.float64) - W @ to_numpy(self.mu).astype(np.float64)
-        return W, b
-
-
 class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator):
     """Early exits by trained internal classifiers (SDN / BranchyNet / BWDS), optionally
     combined with E²CM.
 
     The network is frozen: only the internal classifiers (a linear layer on
     each exit's pooled stage output) and, for BWDS, the decision functions are
-    trained, by minibatch Adam for ``epochs`` passes over the training data.
-    With ``class_means=True`` and/or ``combine``, the class means of every
-    exit are fitted first (one pass, as :class:`EarlyExitClassMeans`).
+    trained, by minibatch Adam (``torch.optim``, autograd on the heads only)
+    for ``epochs`` passes over the training data. With ``class_means=True``
+    and/or ``combine``, the class means of every exit are fitted first (one
+    pass, as :class:`EarlyExitClassMeans`).
+
+    Needs PyTorch, also with scikit-learn stages (their stage vectors are
+    trained on as float64 CPU tensors).
 
     Parameters
     ----------
@@ -466,7 +384,15 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
         return list(fit.heads)
 
     def _train_heads(self, grouped, fit_rows, e2cm_heads, rng):
-        """Train the internal classifiers, then (BWDS) the decision functions."""
+        """Train the internal classifiers, then (BWDS) the decision functions.
+
+        Every epoch draws a row order from ``rng``, runs the frozen network on
+        the reordered rows batch by batch (under its inference context) and
+        takes one Adam step per head and batch
+        (:func:`~sklearn_e2cm._fitting.training.run_epochs`); the mean training
+        loss of every epoch, summed over the heads, is kept in
+        ``_fit_losses``.
+        """
         X_fit, y_fit, w_fit = fit_rows
         G, n_ic, K = grouped.n_stages, self._n_ics(grouped), len(self.classes_)
         criterion = "decision" if self.method == "bwds" else (
@@ -475,38 +401,49 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
         e2cm_input = bool(self.class_means)
         heads = [InternalClassifierHead(None, None, criterion, e2cm_heads[g], e2cm_input,
                                         combine=self.combine) for g in range(n_ic)]
+        self._fit_losses = {}
         t0 = time.perf_counter()
 
-        def train(models, target, desc):
-            with grouped.activate():
-                for epoch in range(self.epochs):
-                    order = rng.permutation(len(y_fit_idx))
-                    Xe, ye = take_rows(X_fit, order), y_fit_idx[order]
-                    we = None if w_fit is None else w_fit[order]
-                    start = 0
-                    batches = progress(grouped.batches(Xe, None, self.batch_size), self.verbose,
-                                       f"{desc} (epoch {epoch + 1}/{self.epochs})")
-                    for Xb, _ in batches:
-                        n = grouped.n_rows(Xb)
-                        yb, wb = ye[start:start + n], None if we is None else we[start:start + n]
-                        start += n
-                        need_final = target is not None and grouped.final_is_classifier
-                        feats, final_idx = [], None
-                        for g, F, idx in iter_stages(grouped, Xb, G if need_final else n_ic):
-                            if idx is not None:
-                                final_idx = idx
-                            elif g < n_ic:
-                                feats.append(heads[g].inputs(F))
-                        for g, V in enumerate(feats):
-                            t = yb if target is None else target(g, V, yb, final_idx)
-                            models[g].partial_fit(V, t, wb)
+        def epoch_batches(order):
+            """``(Xb, yb, wb)`` of one epoch: the network's input batches in ``order``."""
+            Xe, ye = take_rows(X_fit, order), y_fit_idx[order]
+            we = None if w_fit is None else w_fit[order]
+            start = 0
+            for Xb, _ in grouped.batches(Xe, None, self.batch_size):
+                n = grouped.n_rows(Xb)
+                yield Xb, ye[start:start + n], None if we is None else we[start:start + n]
+                start += n
 
-        ics = [_LinearSoftmax(K, self.learning_rate) for _ in range(n_ic)]
+        def train(models, target, desc):
+            need_final = target is not None and grouped.final_is_classifier
+
+            def step(batch):
+                Xb, yb, wb = batch
+                feats, final_idx = [], None
+                for g, F, idx in iter_stages(grouped, Xb, G if need_final else n_ic):
+                    if idx is not None:
+                        final_idx = idx
+                    elif g < n_ic:
+                        feats.append(heads[g].inputs(F))
+                losses = []
+                for g, V in enumerate(feats):
+                    t = yb if target is None else target(g, V, yb, final_idx)
+                    loss = models[g].partial_fit(V, t, wb).last_loss
+                    if loss is not None:
+                        losses.append(loss)
+                return sum(losses) if losses else None
+
+            with grouped.activate():
+                self._fit_losses[desc] = run_epochs(
+                    len(y_fit_idx), self.epochs, step, rng=rng, batches=epoch_batches,
+                    verbose=self.verbose, desc=desc)
+
+        ics = [LinearSoftmaxTrainer(K, self.learning_rate) for _ in range(n_ic)]
         train(ics, None, "IC training")
         for g, m in enumerate(ics):
             heads[g].W, heads[g].b = m.export()
         if criterion == "decision":
-            decisions = [_LinearSoftmax(2, self.learning_rate) for _ in range(n_ic)]
+            decisions = [LinearSoftmaxTrainer(2, self.learning_rate) for _ in range(n_ic)]
 
             def safe(g, V, yb, final_idx):
                 P = softmax(V @ as_backend(heads[g].W, V).T + as_backend(heads[g].b, V)[None, :])

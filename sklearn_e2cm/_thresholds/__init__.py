@@ -49,9 +49,6 @@ from .hull import (
 from .sweep import SEARCH_METHODS, sweep, sweep_with_extremes
 from .table import GRID, ExitTable, cumulative_cost, first_exit_stage
 
-# temporary alias, removed once cluster stops importing it
-exit_stages = first_exit_stage
-
 __all__ = [
     "ExitTable",
     "GRID",
