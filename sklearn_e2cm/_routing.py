@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._memory import HeapGuard
+from ._backend import is_torch, to_numpy
 from ._hashing import assign_rows, row_uniforms
+from ._memory import HeapGuard
 
 __all__ = ["RoutingResult", "route", "decide", "forward_all", "iter_stages"]
 
@@ -77,27 +78,116 @@ class RoutingResult:
         return np.bincount(self.exit_stage, minlength=n)
 
 
-def _argmax_max(adapter, P):
-    """(argmax, max) per row of a probability matrix, as numpy."""
-    if adapter.backend == "torch":
+def _argmax_max(P):
+    """(argmax, max) per row of a probability matrix, in its own array type and device."""
+    if is_torch(P):
         conf, idx = P.max(dim=1)
-        return adapter.to_numpy(idx).astype(np.intp), adapter.to_numpy(conf)
+        return idx, conf
     return P.argmax(axis=1), P.max(axis=1)
 
 
 def decide(adapter, head, F):
-    """Exit decision inputs of one head on a batch of stage vectors ``F``.
+    """Exit decision inputs of one head on a batch of stage vectors ``F``, on the host.
 
-    Returns ``(P, idx, conf)``: the head's class probabilities (backend
-    array), the predicted class indices and the exit confidence (numpy),
-    compared with the stage's threshold by the router (exit when
-    ``conf > T``). A head's ``decide(F)`` returns ``(P, conf)``; ``conf``
-    ``None`` means the largest probability (E²CM, eq. 6), which every head
-    without its own exit criterion uses.
+    Parameters
+    ----------
+    adapter : StageAdapter
+    head : exit head (:class:`~sklearn_e2cm.exits.ExitHeadProtocol`)
+    F : array of shape (n, D)
+        Stage vectors (backend array).
+
+    Returns
+    -------
+    P : array of shape (n, n_classes)
+        The head's class probabilities (backend array).
+    idx : ndarray of int, shape (n,)
+        Predicted class indices.
+    conf : ndarray of shape (n,)
+        The exit confidence compared with the stage's threshold (exit when
+        ``conf > T``): the head's own, or the largest probability (eq. 6).
     """
     P, conf = head.decide(F)
-    idx, pmax = _argmax_max(adapter, P)
-    return P, idx, (pmax if conf is None else np.asarray(conf))
+    idx, pmax = _argmax_max(P)
+    conf = pmax if conf is None else conf
+    return P, to_numpy(idx).astype(np.intp), to_numpy(conf)
+
+
+class _Batch:
+    """Per-row results of one routed batch, kept where the batch is (numpy or device)."""
+
+    def __init__(self, Xb, n, seed, thresholds, weights, return_proba):
+        self.torch = is_torch(Xb)
+        V = thresholds.shape[0]
+        if self.torch:
+            import torch
+
+            self.lib, dev = torch, Xb.device
+            self.alive = torch.arange(n, device=dev)
+            self.pred = torch.zeros(n, dtype=torch.long, device=dev)
+            self.exit = torch.zeros(n, dtype=torch.long, device=dev)
+            self.comp = torch.zeros(n, dtype=torch.long, device=dev)
+            T = torch.as_tensor(thresholds, dtype=torch.float64, device=dev)
+        else:
+            self.lib = np
+            self.alive = np.arange(n)
+            self.pred = np.zeros(n, dtype=np.intp)
+            self.exit = np.zeros(n, dtype=np.intp)
+            self.comp = np.zeros(n, dtype=np.intp)
+            T = thresholds
+        if V > 1:
+            self.comp = self.as_index(assign_rows(_uniforms(Xb, seed), weights))
+        self.T = T[self.comp]
+        self.n = n
+        self.proba = None
+        self.return_proba = return_proba
+
+    def leave(self, rows, idx, P, j):
+        """Rows ``rows`` (positions in the batch) leave at stage ``j`` with classes ``idx``."""
+        self.pred[rows] = idx
+        self.exit[rows] = j
+        if self.return_proba:
+            if self.proba is None:
+                self.proba = self._zeros((self.n, P.shape[1]), like=P)
+            self.proba[rows] = self._float64(P)
+
+    def _zeros(self, shape, like):
+        if self.torch:
+            return self.lib.zeros(shape, dtype=self.lib.float64, device=self.alive.device)
+        return np.zeros(shape, dtype=np.float64)
+
+    def _float64(self, P):
+        if self.torch:
+            return self.lib.as_tensor(P, device=self.alive.device).to(self.lib.float64)
+        return np.asarray(P, dtype=np.float64)
+
+    def as_index(self, idx):
+        """Class indices from a head or the base model, in the batch's array type."""
+        if self.torch:
+            return self.lib.as_tensor(idx, device=self.alive.device).long()
+        return np.asarray(idx, dtype=np.intp)
+
+    def to_host(self):
+        """``(pred, exit_stage, component, proba)`` as numpy: one transfer (two with proba)."""
+        if not self.torch:
+            return self.pred, self.exit, self.comp, self.proba
+        stacked = _host(self.lib.stack([self.pred, self.exit, self.comp]))
+        proba = None if self.proba is None else _host(self.proba)
+        return (stacked[0].astype(np.intp), stacked[1].astype(np.intp),
+                stacked[2].astype(np.intp), proba)
+
+
+def _host(t):
+    """A tensor on the host as numpy (no copy for a CPU tensor)."""
+    t = t.detach()
+    return t.numpy() if t.device.type == "cpu" else t.cpu().numpy()
+
+
+def _uniforms(Xb, seed):
+    """Time-sharing uniforms of a batch where it is: a CPU tensor is hashed through its
+    numpy view (no copy), a device tensor on its device (no transfer)."""
+    if is_torch(Xb) and Xb.device.type == "cpu":
+        return row_uniforms(_host(Xb), seed)
+    return row_uniforms(Xb, seed)
 
 
 def route(
@@ -115,11 +205,16 @@ def route(
 ):
     """One routed pass over ``X``.
 
+    Activations, exit scores, the comparison with the thresholds and the
+    compaction stay where the batch is (the stages' device for torch); each
+    batch's labels, exit stages and components come back to the host once at
+    its end (its probabilities once more when asked for).
+
     Parameters
     ----------
     adapter : StageAdapter
-    heads : list of ExitHead or None
-        One per stage (``None`` for a stage without a class-means head).
+    heads : list of exit heads or None
+        One per stage (``None`` where the base model's classifier decides).
     thresholds : ndarray of shape (V, n_stages - 1)
         Threshold vectors of the time-sharing mixture (V = 1 without mixing).
     weights : ndarray of shape (V,)
@@ -127,9 +222,12 @@ def route(
     costs : ndarray of shape (V, n_stages)
         Normalised cost of exiting after each stage, per component.
     X : input accepted by ``adapter.batches``
-    seed : int
+    batch_size : int, default=None
+    seed : int, default=0
         Seed of the per-row component assignment (a hash of the row).
-    return_proba : bool
+    return_proba : bool, default=False
+    progress : callable, default=None
+        Wraps the iterable of batches (e.g. a progress bar).
 
     Returns
     -------
@@ -138,76 +236,80 @@ def route(
     """
     M = adapter.n_stages
     thresholds = np.atleast_2d(np.asarray(thresholds, dtype=np.float64))
-    V = thresholds.shape[0]
-    out_idx, out_exit, out_comp, out_proba = [], [], [], []
+    # a stage whose threshold is >= 1 in every component can never fire: skip its head
+    active = (thresholds < 1.0).any(axis=0) if M > 1 else np.zeros(0, bool)
+    out = []
     batches = adapter.batches(X, None, batch_size)
     if progress is not None:
         batches = progress(batches)
     guard = HeapGuard(slack=None)  # keep resident memory flat over long streams
     for Xb, _ in batches:
         guard.step()
-        n = adapter.n_rows(Xb)
-        comp = np.zeros(n, dtype=np.intp)
-        if V > 1:
-            comp = assign_rows(batch_uniforms(adapter, Xb, seed), weights)
-        T = thresholds[comp]
-        pred = np.empty(n, dtype=np.intp)
-        exit_stage = np.empty(n, dtype=np.intp)
-        proba = None
-        alive = np.arange(n)
-        Z = Xb
-        for j in range(M):
-            last = j == M - 1
-            if last and adapter.final_is_classifier:
-                idx, P = adapter.final_outputs(Z)
-                pred[alive] = idx
-                exit_stage[alive] = j
-                if return_proba:
-                    proba = _store(proba, alive, adapter.to_numpy(P), n)
-                break
-            Z = adapter.run_stage(j, Z)
-            Tj = None if last else T[alive, j]
-            if not last and np.all(Tj >= 1.0):
-                continue  # no threshold below 1: this head can never fire, skip it
-            P, idx, conf = decide(adapter, heads[j], adapter.stage_vector(j, Z))
-            leave = np.ones(alive.shape[0], bool) if last else conf > Tj
-            rows = alive[leave]
-            pred[rows] = idx[leave]
-            exit_stage[rows] = j
-            if return_proba:
-                Pn = adapter.to_numpy(P)
-                proba = _store(proba, rows, Pn[leave], n)
-            if last:
-                break
-            stay = ~leave
-            if not stay.any():
-                break
-            if leave.any():
-                Z = adapter.take(Z, stay)
-                alive = alive[stay]
-        out_idx.append(pred)
-        out_exit.append(exit_stage)
-        out_comp.append(comp)
-        if return_proba:
-            out_proba.append(proba)
-    y_idx = np.concatenate(out_idx) if out_idx else np.zeros(0, np.intp)
-    exit_stage = np.concatenate(out_exit) if out_exit else np.zeros(0, np.intp)
-    comp = np.concatenate(out_comp) if out_comp else np.zeros(0, np.intp)
-    flops = np.asarray(costs)[comp, exit_stage] if y_idx.shape[0] else np.zeros(0)
-    proba = np.concatenate(out_proba) if (return_proba and out_proba) else None
+        out.append(_route_batch(adapter, heads, thresholds, weights, active, Xb, seed,
+                                return_proba))
+    if not out:
+        return RoutingResult(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0), None,
+                             np.zeros(0, np.intp))
+    y_idx, exit_stage, comp = (np.concatenate([o[k] for o in out]) for k in range(3))
+    flops = np.asarray(costs)[comp, exit_stage]
+    proba = np.concatenate([o[3] for o in out]) if return_proba else None
     return RoutingResult(y_idx, exit_stage, flops, proba, comp)
 
 
+def _route_batch(adapter, heads, thresholds, weights, active, Xb, seed, return_proba):
+    """Route one batch; returns its ``(pred, exit_stage, component, proba)`` on the host."""
+    M = adapter.n_stages
+    b = _Batch(Xb, adapter.n_rows(Xb), seed, thresholds, weights, return_proba)
+    Z = Xb
+    for j in range(M):
+        last = j == M - 1
+        if last and adapter.final_is_classifier:
+            idx, P = adapter.final_outputs(Z)
+            b.leave(b.alive, b.as_index(idx), P, j)
+            break
+        Z = adapter.run_stage(j, Z)
+        if not last and not active[j]:
+            continue
+        P, conf = heads[j].decide(adapter.stage_vector(j, Z))
+        idx, pmax = _argmax_max(P)
+        conf = pmax if conf is None else conf
+        if last:
+            b.leave(b.alive, idx, P, j)
+            break
+        leave = conf > b.T[b.alive, j]
+        gone = _positions(leave)
+        if gone.shape[0]:
+            b.leave(b.alive[gone], idx[gone], P[gone], j)
+        if gone.shape[0] == b.alive.shape[0]:
+            break  # every row has left
+        if gone.shape[0]:
+            stay = _positions(~leave)
+            Z = adapter.take(Z, stay)
+            b.alive = b.alive[stay]
+    return b.to_host()
+
+
+def _positions(mask):
+    """Positions of the True entries of a boolean mask, in its array type and device."""
+    if is_torch(mask):
+        return mask.nonzero().reshape(-1)
+    return np.flatnonzero(mask)
+
+
 def batch_uniforms(adapter, Xb, seed):
-    """Time-sharing uniform of every row of a batch: a hash of the row's content."""
-    return row_uniforms(adapter.to_numpy(Xb), seed)
+    """Time-sharing uniform of every row of a batch (a hash of the row), as numpy.
 
+    Parameters
+    ----------
+    adapter : StageAdapter
+    Xb : batch in the backend's form
+    seed : int
 
-def _store(buf, rows, values, n):
-    if buf is None:
-        buf = np.zeros((n, values.shape[1]), dtype=np.float64)
-    buf[rows] = values
-    return buf
+    Returns
+    -------
+    u : ndarray of float64, shape (n,)
+    """
+    return to_numpy(_uniforms(Xb, seed))
 
 
 def iter_stages(adapter, Zb, n_stages=None, final=True):
@@ -228,7 +330,7 @@ def iter_stages(adapter, Zb, n_stages=None, final=True):
         if j == M - 1 and adapter.final_is_classifier:
             if final:
                 idx, P = adapter.final_outputs(Z)
-                yield j, P, np.asarray(idx)
+                yield j, P, to_numpy(idx).astype(np.intp, copy=False)
             else:
                 yield j, None, None
             return

@@ -467,7 +467,8 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
             if idx is not None:  # the base model's classifier
                 return idx, to_numpy(F).max(axis=1), np.zeros(len(idx))
             P, c, ce = heads[g].raw(F)
-            return to_numpy(P.argmax(1)), c, (np.zeros(len(c)) if ce is None else ce)
+            c = to_numpy(c)
+            return to_numpy(P.argmax(1)), c, (np.zeros(len(c)) if ce is None else to_numpy(ce))
 
         source = forward_source(grouped, X_tune, None, self.batch_size)
         with grouped.activate():

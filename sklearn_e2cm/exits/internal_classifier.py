@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .._backend import as_backend, concat, is_torch, softmax, to_numpy, xp
+from .._backend import as_backend, concat, is_torch, softmax, xp
 from .class_means import head_flops
 
 __all__ = ["InternalClassifierHead", "N_QUANTILES"]
@@ -23,8 +23,16 @@ N_QUANTILES = 1001
 
 
 def _quantile_map(values, grid):
-    """Step CDF of the tuning values on a quantile grid (monotone, in [0, 1])."""
-    return np.searchsorted(grid, values, side="right") / grid.shape[0]
+    """Step CDF of the tuning values on a quantile grid (monotone, in [0, 1]), float64,
+    in the array type and device of ``values``."""
+    if is_torch(values):
+        import torch
+
+        g = torch.as_tensor(grid, dtype=torch.float64, device=values.device)
+        k = torch.searchsorted(g, values.to(torch.float64), right=True)
+        return k.to(torch.float64) / grid.shape[0]
+    return np.searchsorted(grid, np.asarray(values, dtype=np.float64), side="right") \
+        / grid.shape[0]
 
 
 class InternalClassifierHead:
@@ -108,9 +116,10 @@ class InternalClassifierHead:
         -------
         P : array of shape (n, K)
             The IC's class probabilities, in ``F``'s array type and device.
-        conf : ndarray of float64 of shape (n,)
-            The IC's confidence under ``criterion``.
-        conf_e : ndarray of shape (n,) or None
+        conf : array of float64 of shape (n,)
+            The IC's confidence under ``criterion``, in ``F``'s array type and
+            device.
+        conf_e : array of shape (n,) or None
             E²CM's largest exit probability, only with ``combine``.
         """
         params = self._params(F)
@@ -133,8 +142,9 @@ class InternalClassifierHead:
         conf_e = None
         if self.combine:
             conf_e = softmax(S).max(1)
-            conf_e = to_numpy(conf_e.values if hasattr(conf_e, "values") else conf_e)
-        return P, to_numpy(conf).astype(np.float64), conf_e
+            conf_e = conf_e.values if hasattr(conf_e, "values") else conf_e
+        conf = conf.double() if is_torch(conf) else np.asarray(conf, dtype=np.float64)
+        return P, conf, conf_e
 
     def combined(self, conf, conf_e):
         """The exit confidence compared with the threshold.
@@ -145,19 +155,22 @@ class InternalClassifierHead:
 
         Parameters
         ----------
-        conf : ndarray of shape (n,)
-            The IC's confidence.
-        conf_e : ndarray of shape (n,) or None
-            E²CM's confidence.
+        conf : array of shape (n,)
+            The IC's confidence (numpy or torch).
+        conf_e : array of shape (n,) or None
+            E²CM's confidence, of the same array type.
 
         Returns
         -------
-        conf : ndarray of shape (n,)
+        conf : array of shape (n,)
+            In the array type and device of ``conf``.
         """
         if not self.combine:
             return conf
         qi = _quantile_map(conf, self.q_ic)
-        qe = _quantile_map(np.asarray(conf_e, dtype=np.float64), self.q_e2cm)
+        qe = _quantile_map(conf_e, self.q_e2cm)
+        if is_torch(qi):
+            return qi.minimum(qe) if self.combine == "and" else qi.maximum(qe)
         return np.minimum(qi, qe) if self.combine == "and" else np.maximum(qi, qe)
 
     def set_quantiles(self, conf, conf_e):

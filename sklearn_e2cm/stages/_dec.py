@@ -284,20 +284,21 @@ class DECStages(StageAdapter):
         return Q.argmax(axis=1).astype(np.intp), Q
 
     def take(self, Z, keep):
-        """Rows of ``Z`` selected by the boolean numpy mask ``keep``.
+        """Rows of ``Z`` selected by a boolean mask or row indices (numpy or tensor).
 
         Parameters
         ----------
         Z : torch.Tensor of shape (n, ...)
-        keep : ndarray of bool of shape (n,)
+        keep : ndarray or torch.Tensor of shape (n,) of bool, or of int
 
         Returns
         -------
-        Z_kept : torch.Tensor of shape (keep.sum(), ...)
+        Z_kept : torch.Tensor
             On ``Z``'s device.
         """
         torch = import_torch("DEC")
-        return Z[torch.from_numpy(np.asarray(keep, dtype=bool)).to(Z.device)]
+        keep = torch.as_tensor(np.asarray(keep) if not isinstance(keep, torch.Tensor) else keep)
+        return Z[keep.to(Z.device)]
 
     def n_rows(self, Z):
         """Number of rows of a batch.

@@ -22,6 +22,19 @@ def _module_device(module):
     return torch.device("cpu")
 
 
+def _device_matches(actual, target):
+    """Whether a tensor on ``actual`` is on ``target`` (``cuda`` means the current CUDA device)."""
+    if actual.type != target.type:
+        return False
+    if actual.index is None or target.index is None:
+        if actual.type != "cuda":
+            return True
+        current = torch.cuda.current_device()
+        return (actual.index if actual.index is not None else current) == (
+            target.index if target.index is not None else current)
+    return actual.index == target.index
+
+
 def _unique_modules(stages):
     seen, out = set(), []
     for s in stages:

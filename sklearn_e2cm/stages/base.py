@@ -21,8 +21,9 @@ Contract
   features the class means live in (flattened, after the optional feature
   reduction). numpy float64 for scikit-learn, float32 torch tensor on the
   device for torch.
-* ``take(Z, keep)`` keeps the rows of ``Z`` selected by the boolean numpy
-  mask ``keep`` (compaction: exited rows are not passed on).
+* ``take(Z, keep)`` keeps the rows of ``Z`` selected by ``keep``, a boolean
+  mask or row positions, numpy or (torch adapters) a tensor on the batch's
+  device (compaction: exited rows are not passed on).
 * ``stage_flops_``: per-sample FLOPs of each stage (multiply-add = 2),
   ``vector_flops_``: per-sample FLOPs of turning each stage output into its
   vector (pooling), ``vector_dims_``: ``D_j`` of every stage vector.
@@ -168,8 +169,9 @@ class StageAdapter(ABC):
 
         Returns
         -------
-        class_index : ndarray of int of shape (n,)
-            Indices into the estimator's ``classes_``.
+        class_index : array of int of shape (n,)
+            Indices into the estimator's ``classes_`` (numpy, or a tensor on
+            the batch's device).
         proba : array of shape (n, K)
             Class probabilities (numpy or torch).
         """
@@ -182,16 +184,18 @@ class StageAdapter(ABC):
         return False
 
     def take(self, Z, keep):
-        """Rows of ``Z`` selected by the boolean numpy mask ``keep``.
+        """Rows of ``Z`` selected by a boolean mask or row positions.
 
         Parameters
         ----------
         Z : backend array of shape (n, ...)
-        keep : ndarray of bool of shape (n,)
+        keep : array of shape (n,) of bool, or of int
+            Numpy, or for torch adapters a tensor on ``Z``'s device.
 
         Returns
         -------
-        Z_kept : backend array of shape (keep.sum(), ...)
+        Z_kept : backend array
+            The selected rows.
         """
         return Z[keep]
 

@@ -18,6 +18,7 @@ the stages reproduce ``model(x)``.
 
 import contextlib
 import numbers
+import threading
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from .._torch_flops import count_flops
 from ._pooling import make_pooling
 from ._split import split_into_stages
 from ._torch_utils import (
+    _device_matches,
     _eval_mode,
     _floating_dtype,
     _labels_to_numpy,
@@ -390,19 +392,51 @@ class TorchStages(StageAdapter):
         device = getattr(self, "device_", None)
         if device is None:
             device = self.device_ = resolve_device(self.device)
-        mods = _unique_modules(self.stage_modules_)
-        devices = _record_devices(mods)
-        self._active = getattr(self, "_active", 0) + 1
+        with self._lock():
+            if getattr(self, "_active", 0) == 0:
+                self._enter(device)
+            self._active = getattr(self, "_active", 0) + 1
         try:
-            with _eval_mode(self.stage_modules_):
-                if any(rec[3] != device for rec in devices):
-                    for stage in self.stage_modules_:
-                        stage.to(device)
-                with torch.inference_mode():
-                    yield self
+            with torch.inference_mode():
+                yield self
         finally:
-            self._active -= 1
-            _restore_devices(devices)
+            with self._lock():
+                self._active -= 1
+                if self._active == 0:
+                    self._leave()
+
+    def _lock(self):
+        """The lock that guards switching modes and devices (not pickled)."""
+        lock = self.__dict__.get("_activation_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_activation_lock", threading.RLock())
+        return lock
+
+    def _modules(self):
+        """Every module of the stages, once (cached for the current stages)."""
+        key = tuple(id(m) for m in self.stage_modules_)
+        cached = self.__dict__.get("_module_cache")
+        if cached is None or cached[0] != key:
+            cached = self._module_cache = (key, _unique_modules(self.stage_modules_))
+        return cached[1]
+
+    def _enter(self, device):
+        """First activation: eval mode everywhere, stages on ``device`` (only if needed)."""
+        mods = self._modules()
+        self._saved_flags = [(m, m.training) for m in mods]
+        self._saved_devices = _record_devices(mods)
+        for m in mods:
+            m.training = False
+        if any(not _device_matches(rec[3], device) for rec in self._saved_devices):
+            for stage in self.stage_modules_:
+                stage.to(device)
+
+    def _leave(self):
+        """Last activation ends: every training flag and device as it was."""
+        for m, flag in self._saved_flags:
+            m.training = flag
+        _restore_devices(self._saved_devices)
+        self._saved_flags = self._saved_devices = None
 
     def _split_batch(self, batch):
         if isinstance(batch, torch.Tensor):
@@ -557,7 +591,7 @@ class TorchStages(StageAdapter):
         return V.reshape(V.shape[0], -1).float()
 
     def final_outputs(self, Z):
-        """``(argmax indices as numpy, softmax probabilities as a tensor)`` of the last stage.
+        """``(argmax indices, softmax probabilities)`` of the last stage, both on ``Z``'s device.
 
         Parameters
         ----------
@@ -566,17 +600,16 @@ class TorchStages(StageAdapter):
 
         Returns
         -------
-        class_index : ndarray of intp of shape (n,)
+        class_index : torch.Tensor of int64 of shape (n,)
         proba : torch.Tensor of float32 of shape (n, K)
-            On ``Z``'s device.
+            Both on ``Z``'s device (nothing is copied to the host).
         """
         logits = self._call(self.stage_modules_[-1], Z)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
             raise ValueError(f"The last stage must output (n, K) class scores; got {shape}.")
         proba = torch.softmax(logits.float(), dim=1)
-        idx = logits.argmax(dim=1).cpu().numpy().astype(np.intp)
-        return idx, proba
+        return logits.argmax(dim=1), proba
 
     @property
     def frozen(self):
@@ -584,19 +617,23 @@ class TorchStages(StageAdapter):
         return True
 
     def take(self, Z, keep):
-        """Rows of ``Z`` selected by the numpy mask (or index array) ``keep``.
+        """Rows of ``Z`` selected by a boolean mask or row indices (numpy or tensor).
 
         Parameters
         ----------
         Z : torch.Tensor of shape (n, ...)
-        keep : ndarray of bool of shape (n,) or ndarray of int
-            Boolean mask or row indices.
+        keep : ndarray or torch.Tensor of shape (n,) of bool, or of int
+            Boolean mask or row indices; a tensor on ``Z``'s device is used
+            as it is (no transfer).
 
         Returns
         -------
         Z_kept : torch.Tensor
             The selected rows, on ``Z``'s device.
         """
+        if isinstance(keep, torch.Tensor):
+            index = keep.nonzero().reshape(-1) if keep.dtype == torch.bool else keep
+            return Z.index_select(0, index.to(Z.device))
         keep = np.asarray(keep)
         if keep.dtype == bool:
             keep = np.flatnonzero(keep)  # index_select is ~3x faster than a boolean mask
@@ -634,6 +671,8 @@ class TorchStages(StageAdapter):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_active"] = 0
+        for name in ("_activation_lock", "_module_cache", "_saved_flags", "_saved_devices"):
+            state.pop(name, None)
         return state
 
     def __repr__(self):
