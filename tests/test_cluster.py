@@ -296,6 +296,35 @@ def test_pretrain_autoencoder_reduces_loss_and_keeps_frozen(blobs):
     assert torch.equal(enc[0].weight, frozen)
 
 
+def test_pretrain_autoencoder_is_the_plain_minibatch_loop(blobs):
+    """The shared loop (run_epochs + minibatch_step) trains exactly like a hand-written one."""
+    X, _ = blobs
+    X = torch.as_tensor(X[:150], dtype=torch.float32)
+    enc, ref = _build_encoder((50, 16, 4), seed=3), _build_encoder((50, 16, 4), seed=3)
+    curve = _pretrain_autoencoder(enc, X, epochs=3, batch_size=64, seed=5, noise="gaussian",
+                                  noise_level=0.1)
+
+    dec = _build_encoder((4, 16, 50), seed=5)
+    opt = torch.optim.Adam([*ref.parameters(), *dec.parameters()], lr=1e-3)
+    shuffle, noise = torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)
+    expected = []
+    for _ in range(3):
+        total = torch.zeros(())
+        perm = torch.randperm(150, generator=shuffle)
+        for start in range(0, 150, 64):
+            xb = X[perm[start:start + 64]]
+            xn = xb + 0.1 * torch.randn(xb.shape, generator=noise)
+            loss = torch.nn.functional.mse_loss(dec(ref(xn)), xb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * xb.shape[0]
+        expected.append(float(total) / 150)
+    assert curve == expected
+    for p, q in zip(enc.parameters(), ref.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_target_distribution_sharpens():
     Q = np.array([[0.6, 0.4], [0.5, 0.5], [0.2, 0.8]])
     P = _target_distribution(Q)

@@ -281,6 +281,40 @@ def test_model_returns_to_original_device_and_eval_mode_on_error():
     assert next(model.parameters()).device.type == "cpu"
 
 
+def test_seeded_training_is_the_plain_minibatch_loop():
+    """With random_state, array training equals a hand-written loop, bit for bit."""
+    X, y = _easy_data(n=41)  # batches of 16, 16, 9
+    torch.manual_seed(0)
+    model = _tiny()
+    ref = _tiny()
+    ref.load_state_dict(model.state_dict())
+    history = []
+    train_classifier(model, X, y, epochs=2, batch_size=16, random_state=7, history=history,
+                     label_smoothing=0.1)
+
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=6)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        gen = torch.Generator().manual_seed(7)
+        for record in history:
+            ref.train()
+            order, total = torch.randperm(41, generator=gen), torch.zeros((), dtype=torch.float64)
+            for start in range(0, 41, 16):
+                idx = order[start:start + 16]
+                loss = torch.nn.functional.cross_entropy(ref(Xt[idx]), yt[idx],
+                                                         label_smoothing=0.1)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.detach() * len(idx)
+            assert record["loss"] == float(total) / 41
+    for (name, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_verbose_shows_progress(capsys):
     X, y = _easy_data(n=32)
     train_classifier(_tiny(), X, y, epochs=1, batch_size=16, verbose=1, validation_data=(X, y))

@@ -252,3 +252,40 @@ def test_numpy_stages_without_torch_raise_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails
     with pytest.raises(ImportError, match="InternalClassifierEarlyExit needs PyTorch"):
         LinearSoftmaxTrainer(2, 1e-2).partial_fit(X, y)
+
+
+def test_minibatch_step_steps_the_scheduler():
+    layer = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    x = torch.ones(3, 2)
+    loss = minibatch_step(opt, lambda: layer(x).sum(), scheduler=sched)
+    assert not loss.requires_grad
+    assert opt.param_groups[0]["lr"] == 0.5
+
+
+def test_run_epochs_end_epoch_hook_and_summary_line(capsys):
+    calls = []
+
+    def end_epoch(epoch, loss):
+        calls.append((epoch, loss))
+        return {"loss": f"{loss:.2f}", "note": "ok"}
+
+    batches = lambda order: [0, 1]  # noqa: E731
+    step = lambda b: float(b + 1)  # noqa: E731
+    losses = run_epochs(2, 2, step, batches=batches, end_epoch=end_epoch, n_batches=2)
+    assert calls == [(1, 1.5), (2, 1.5)] and losses == [1.5, 1.5]
+    assert capsys.readouterr().err == ""  # not verbose: no bar, no summary line
+    run_epochs(2, 2, step, batches=batches, end_epoch=end_epoch, n_batches=2, verbose=1,
+               desc="fit")
+    err = capsys.readouterr().err
+    assert "fit (epoch 1/2): loss=1.50, note=ok" in err
+    assert "fit (epoch 2/2): loss=1.50, note=ok" in err
+
+    def stop(epoch, loss):  # the hook may stop the training by raising
+        raise FloatingPointError(f"stop at {epoch}")
+
+    seen = []
+    with pytest.raises(FloatingPointError, match="stop at 1"):
+        run_epochs(4, 3, seen.append, batch_size=2, end_epoch=stop)
+    assert len(seen) == 2  # one epoch of two batches, then the hook stopped it

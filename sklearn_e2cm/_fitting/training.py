@@ -14,7 +14,8 @@ something by minibatches:
   gradients, build the loss, backward, step, optional scheduler step).
 * :func:`run_epochs`: the per-epoch loop over shuffled rows (a permutation
   per epoch from a numpy ``RandomState`` / ``Generator`` or a torch
-  ``Generator``), with a progress bar per epoch, returning the mean loss of
+  ``Generator``), with a progress bar per epoch and an optional hook after
+  every epoch (evaluation, history, summary line), returning the mean loss of
   every epoch.
 
 Only the parameters handed to the optimiser are trained: the batches are
@@ -222,12 +223,12 @@ def _slices(order, batch_size):
 
 
 def run_epochs(n_rows, epochs, step, *, rng=None, batch_size=None, batches=None, verbose=0,
-               desc="training"):
+               desc="training", n_batches=None, end_epoch=None):
     """The minibatch loop: ``epochs`` passes over shuffled rows, one step per batch.
 
     Every epoch draws a row order (:func:`epoch_order`), cuts it into
     batches, and calls ``step`` on each, inside a progress bar labelled
-    ``"{desc} (epoch e/E)"`` when ``verbose``.
+    ``"{desc} (epoch e/E)"`` when ``verbose``; then ``end_epoch``, if given.
 
     Parameters
     ----------
@@ -252,6 +253,15 @@ def run_epochs(n_rows, epochs, step, *, rng=None, batch_size=None, batches=None,
     verbose : int, default=0
     desc : str
         Label of the progress bars.
+    n_batches : int, default=None
+        Batches per epoch, the length of the progress bars (None: the
+        length of the iterable of batches, when it has one).
+    end_epoch : callable, default=None
+        ``end_epoch(epoch, loss) -> summary``, called after the batches of
+        every epoch with the 1-based epoch number and the epoch's mean loss
+        (e.g. to evaluate, record a history or stop by raising). A
+        ``summary`` that is not None, a dict, is written as one line
+        ``"{desc} (epoch e/E): key=value, ..."`` when ``verbose``.
 
     Returns
     -------
@@ -267,22 +277,43 @@ def run_epochs(n_rows, epochs, step, *, rng=None, batch_size=None, batches=None,
             return _slices(order, batch_size)
 
     losses = []
-    for epoch in range(epochs):
+    for epoch in range(1, epochs + 1):
+        label = f"{desc} (epoch {epoch}/{epochs})"
         order = epoch_order(n_rows, rng)
-        total, weight = 0.0, 0.0
-        for batch in progress(batches(order), verbose, f"{desc} (epoch {epoch + 1}/{epochs})"):
-            out = step(batch)
-            if out is None:
-                continue
-            loss, w = out if isinstance(out, tuple) else (out, 1.0)
-            if loss is None:
-                continue
-            if is_torch(loss):
-                loss = loss.detach()
-            total = total + loss * w
-            weight += float(w)
-        losses.append(float(total) / weight if weight > 0 else float("nan"))
+        losses.append(_run_epoch(progress(batches(order), verbose, label, total=n_batches), step))
+        summary = None if end_epoch is None else end_epoch(epoch, losses[-1])
+        if verbose and summary is not None:
+            _write(f"{label}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
     return losses
+
+
+def _run_epoch(batches, step):
+    """``step`` on every batch; the weighted mean of the losses it returns.
+
+    See :func:`run_epochs` for what ``step`` may return.
+    """
+    total, weight = 0.0, 0.0
+    for batch in batches:
+        out = step(batch)
+        if out is None:
+            continue
+        loss, w = out if isinstance(out, tuple) else (out, 1.0)
+        if loss is None:
+            continue
+        if is_torch(loss):
+            loss = loss.detach()
+        total = total + loss * w
+        weight += float(w)
+    return float(total) / weight if weight > 0 else float("nan")
+
+
+def _write(line):
+    """Print ``line`` to stderr, with the progress bars, without breaking one on the screen."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
 
 
 class LinearSoftmaxTrainer:

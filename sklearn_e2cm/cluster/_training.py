@@ -38,6 +38,7 @@ from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state
 
 from .._backend import as_float_tensor, import_torch, progress, resolve_device
+from .._fitting.training import epoch_order, minibatch_step, run_epochs
 from ..metrics import align_labels
 from ..stages._dec import _soft_assign_numpy
 
@@ -145,10 +146,9 @@ def _corrupt(xb, noise, noise_level, generator):
 
 
 def _batch_indices(n, batch_size, generator, device):
-    """Endless stream of shuffled index batches (reshuffled every epoch)."""
-    torch = import_torch("DEC")
+    """Endless stream of shuffled index batches (an :func:`epoch_order` per epoch)."""
     while True:
-        perm = torch.randperm(n, generator=generator).to(device)
+        perm = epoch_order(n, generator).to(device)
         for start in range(0, n, batch_size):
             yield perm[start : start + batch_size]
 
@@ -212,29 +212,38 @@ def _pretrain_autoencoder(
     -------
     loss_curve : list of float
         Mean training loss of every epoch.
+
+    Notes
+    -----
+    The loop is :func:`~sklearn_e2cm._fitting.training.run_epochs` (a
+    permutation per epoch from the shuffling generator, a progress bar per
+    epoch) with one :func:`~sklearn_e2cm._fitting.training.minibatch_step`
+    per batch.
     """
     torch = import_torch("DEC")
     device = torch.device(device)
     X = as_float_tensor(X, device)
-    n = X.shape[0]
     decoder = _build_encoder(_encoder_dims(encoder)[::-1], seed=seed).to(device)
     encoder.to(device).train()
     opt = _make_optimizer(optimizer, [*encoder.parameters(), *decoder.parameters()], lr)
     shuffle_gen = torch.Generator().manual_seed(int(seed))
     noise_gen = torch.Generator(device=device).manual_seed(int(seed) + 1)
-    loss_curve = []
-    for _ in progress(range(epochs), verbose, desc):
-        total = torch.zeros((), device=device)
-        perm = torch.randperm(n, generator=shuffle_gen).to(device)
-        for start in range(0, n, batch_size):
-            xb = X[perm[start : start + batch_size]]
-            rec = decoder(encoder(_corrupt(xb, noise, noise_level, noise_gen)))
-            loss = torch.nn.functional.mse_loss(rec, xb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * xb.shape[0]
-        loss_curve.append(float(total) / max(n, 1))
+
+    def reconstruction_loss(xb):
+        rec = decoder(encoder(_corrupt(xb, noise, noise_level, noise_gen)))
+        return torch.nn.functional.mse_loss(rec, xb)
+
+    def batches(order):  # the epoch's order moves to the device once
+        order = order.to(device)
+        return (order[start : start + batch_size] for start in range(0, n, batch_size))
+
+    def step(rows):
+        xb = X[rows]
+        return minibatch_step(opt, lambda: reconstruction_loss(xb)), xb.shape[0]
+
+    n = X.shape[0]
+    loss_curve = run_epochs(n, epochs, step, rng=shuffle_gen, batches=batches, verbose=verbose,
+                            desc=desc, n_batches=-(-n // batch_size))
     encoder.cpu().eval()
     return loss_curve
 
@@ -259,6 +268,13 @@ def _refresh_target(encoder, X, mu, *, batch_size, device):
     Z = _forward(encoder, X, batch_size=batch_size, device=device)
     Q = torch.softmax(_soft_assign_logits(Z, mu.detach()), dim=1)
     return _target_distribution(Q), Q.argmax(1)
+
+
+def _kl_loss(Z, mu, target):
+    """DEC's loss ``KL(P || Q)`` of a batch (mean over its rows), ``Q`` from embedding ``Z``."""
+    torch = import_torch("DEC")
+    log_q = torch.log_softmax(_soft_assign_logits(Z, mu), dim=1)
+    return torch.nn.functional.kl_div(log_q, target, reduction="batchmean")
 
 
 def _self_train(
@@ -327,11 +343,7 @@ def _self_train(
                     break
             labels_last = labels
         idx = next(batches)
-        log_q = torch.log_softmax(_soft_assign_logits(encoder(X[idx]), mu), dim=1)
-        loss = torch.nn.functional.kl_div(log_q, target[idx], reduction="batchmean")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        minibatch_step(opt, lambda: _kl_loss(encoder(X[idx]), mu, target[idx]))
         n_iter = it + 1
     if verbose and hasattr(bar, "close"):
         bar.close()

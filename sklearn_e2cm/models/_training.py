@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .._fitting.training import minibatch_step, run_epochs
+
 __all__ = ["train_classifier"]
 
 _OPTIMIZERS = ("sgd", "adamw")
@@ -162,9 +164,8 @@ class _ArrayData:
     def __len__(self):
         return len(self.bounds)
 
-    def batches(self, shuffle, generator=None):
-        n = self.X.shape[0]
-        order = torch.randperm(n, generator=generator) if shuffle else None
+    def batches(self, order=None):
+        """``(x, y)`` batches of the rows in ``order`` (a CPU index tensor; None: as stored)."""
         for start, stop in self.bounds:
             if order is None:
                 yield self.X[start:stop], self.y[start:stop]
@@ -182,7 +183,8 @@ class _LoaderData:
     def __len__(self):
         return len(self.loader)
 
-    def batches(self, shuffle, generator=None):
+    def batches(self, order=None):
+        """The loader's ``(x, y)`` batches; ``order`` is ignored (the sampler decides)."""
         for batch in self.loader:
             yield _unpack_batch(batch, self.name)
 
@@ -237,7 +239,7 @@ def _evaluate(model, data, device, name):
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     with torch.inference_mode():
-        for xb, yb in data.batches(shuffle=False):
+        for xb, yb in data.batches():
             out = model(xb.to(device))
             _check_batch_labels(yb, out.shape[1], name)
             yb = yb.to(device, dtype=torch.long)
@@ -249,41 +251,89 @@ def _evaluate(model, data, device, name):
     return loss_sum / seen, correct / seen
 
 
-def _train_epoch(model, data, opt, sched, generator, device, dtype, label_smoothing, bar):
-    """One pass over ``data`` in train mode; return (mean loss, running accuracy)."""
-    model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
-    for step, (xb, yb) in enumerate(data.batches(True, generator)):
-        xb = xb.to(device, dtype=dtype, non_blocking=True)
-        out = model(xb)
-        if out.ndim != 2:
-            raise ValueError(
-                "model must output class scores of shape (batch, n_classes); "
-                f"got shape {tuple(out.shape)}."
+def _check_outputs(out, yb):
+    if out.ndim != 2:
+        raise ValueError(
+            "model must output class scores of shape (batch, n_classes); "
+            f"got shape {tuple(out.shape)}."
+        )
+    _check_batch_labels(yb, out.shape[1], "y")
+
+
+class _ClassifierStep:
+    """One training step per batch (``step(batch)`` for ``run_epochs``) and the epoch's statistics.
+
+    The loss and accuracy of the history are accumulated here, on the device, in float64
+    and int64: ``run_epochs``' own epoch mean (float32 sums) is not the history's loss.
+    """
+
+    def __init__(self, model, opt, sched, device, dtype, label_smoothing):
+        self.model, self.opt, self.sched = model, opt, sched
+        self.device, self.dtype, self.label_smoothing = device, dtype, label_smoothing
+        self.reset()
+
+    def reset(self):
+        """Start an epoch: zero statistics, the clock, the model in train mode."""
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.seen = 0
+        self.t0 = time.perf_counter()
+        self.model.train()
+
+    def __call__(self, batch):
+        xb, yb = batch
+        xb = xb.to(self.device, dtype=self.dtype, non_blocking=True)
+        kept = {}
+
+        def compute_loss():
+            out = self.model(xb)
+            _check_outputs(out, yb)
+            kept["y"] = target = yb.to(self.device, dtype=torch.long, non_blocking=True)
+            kept["out"] = out.detach()
+            return F.cross_entropy(out, target, label_smoothing=self.label_smoothing)
+
+        loss = minibatch_step(self.opt, compute_loss, scheduler=self.sched)
+        n = kept["y"].shape[0]
+        self.loss_sum += loss * n
+        self.correct += (kept["out"].argmax(1) == kept["y"]).sum()
+        self.seen += n
+        return loss, n
+
+    def summary(self):
+        """(mean loss, running accuracy) of the epoch so far."""
+        if self.seen == 0:
+            raise ValueError("X yielded no training samples.")
+        return float(self.loss_sum) / self.seen, int(self.correct) / self.seen
+
+
+def _end_epoch(trainer, val_data, device, history, lr):
+    """``end_epoch`` of ``run_epochs``: check the loss, evaluate, record; the summary line."""
+
+    def end_epoch(epoch, _):
+        loss, acc = trainer.summary()
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss} in epoch {epoch} (lr={lr}); "
+                "try a lower learning rate."
             )
-        _check_batch_labels(yb, out.shape[1], "y")
-        yb = yb.to(device, dtype=torch.long, non_blocking=True)
-        loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        n = yb.shape[0]
-        loss_sum += loss.detach() * n
-        correct += (out.detach().argmax(1) == yb).sum()
-        seen += n
-        if bar is not None:
-            bar.update()
-            if step % 10 == 0:
-                bar.set_postfix(
-                    loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.4f}"
-                )
-    if seen == 0:
-        raise ValueError("X yielded no training samples.")
-    return float(loss_sum) / seen, int(correct) / seen
+        record = {
+            "epoch": epoch,
+            "loss": loss,
+            "train_accuracy": acc,
+            "lr": float(trainer.opt.param_groups[0]["lr"]),
+        }
+        summary = {"loss": f"{loss:.4f}", "acc": f"{acc:.4f}"}
+        if val_data is not None:
+            record["val_loss"], record["val_accuracy"] = _evaluate(
+                trainer.model, val_data, device, "validation_data")
+            summary["val_acc"] = f"{record['val_accuracy']:.4f}"
+        record["time"] = time.perf_counter() - trainer.t0
+        if history is not None:
+            history.append(record)
+        trainer.reset()
+        return summary
+
+    return end_epoch
 
 
 def _make_optimizer(name, params, lr, weight_decay, momentum):
@@ -369,8 +419,8 @@ def train_classifier(
         on CPU. The global torch random state is restored afterwards. None: use
         the global torch random state.
     verbose : int, default=0
-        Show a tqdm progress bar per epoch, with running loss and accuracy
-        (and validation accuracy at the end of the epoch).
+        Show a tqdm progress bar per epoch and, after each epoch, a line with
+        its loss and running accuracy (and validation accuracy).
     validation_data : tuple (X_val, y_val) or DataLoader, default=None
         Evaluated (in eval mode, under :func:`torch.inference_mode`) after every
         epoch; adds ``val_loss`` and ``val_accuracy`` to the history.
@@ -414,6 +464,46 @@ def train_classifier(
     >>> sorted(history[0])
     ['epoch', 'loss', 'lr', 'time', 'train_accuracy']
     """
+    epochs, batch_size, lr, weight_decay, momentum, label_smoothing, verbose = _check_args(
+        model, epochs, batch_size, lr, optimizer, schedule, weight_decay, momentum,
+        label_smoothing, verbose, history, random_state)
+    orig_device = _module_device(model)
+    target = _target_device(orig_device, device)
+    dtype = _module_dtype(model)
+    train_data = _as_data(X, y, batch_size, dtype, "X", "y")
+    val_data = _validation(validation_data, batch_size, dtype)
+    steps_per_epoch = _steps_per_epoch(train_data, schedule)
+    try:
+        model.to(target)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("model has no trainable parameters (none requires grad).")
+        opt = _make_optimizer(optimizer, params, lr, weight_decay, momentum)
+        sched = _make_schedule(schedule, opt, lr, (steps_per_epoch or 0) * epochs)
+        trainer = _ClassifierStep(model, opt, sched, target, dtype, label_smoothing)
+        with _seeded(random_state, target) as generator:
+            # array rows: a permutation per epoch from the seeded generator (or the global
+            # torch random state); a DataLoader: its own sampler, no row order here
+            arrays = isinstance(train_data, _ArrayData)
+            run_epochs(
+                train_data.X.shape[0] if arrays else 0, epochs, trainer,
+                rng=(generator if generator is not None else torch.default_generator)
+                if arrays else None,
+                batches=train_data.batches, verbose=verbose, n_batches=steps_per_epoch,
+                end_epoch=_end_epoch(trainer, val_data, target, history, lr))
+    finally:
+        model.eval()
+        model.to(orig_device)
+    return model
+
+
+def _check_args(model, epochs, batch_size, lr, optimizer, schedule, weight_decay, momentum,
+                label_smoothing, verbose, history, random_state):
+    """Validate the parameters of :func:`train_classifier`; return the numbers, normalised.
+
+    Returns ``(epochs, batch_size, lr, weight_decay, momentum, label_smoothing, verbose)``,
+    ``lr`` resolved from the optimizer's default when None.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     epochs = _check_int("epochs", epochs, 1)
@@ -434,30 +524,37 @@ def train_classifier(
         raise TypeError(f"history must be None or a list; got {type(history).__name__}.")
     if random_state is not None:
         _seed_from(random_state)  # validate early
+    return epochs, batch_size, lr, weight_decay, momentum, label_smoothing, verbose
 
-    orig_device = _module_device(model)
+
+def _target_device(orig_device, device):
+    """The device to train on: ``device``, or the model's own for None."""
     try:
-        target = orig_device if device is None else torch.device(device)
+        return orig_device if device is None else torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(
             f"device must name a torch device such as 'cpu' or 'cuda:0'; got device={device!r}."
         ) from exc
 
-    dtype = _module_dtype(model)
-    train_data = _as_data(X, y, batch_size, dtype, "X", "y")
-    val_data = None
-    if validation_data is not None:
-        if isinstance(validation_data, DataLoader):
-            val_data = _LoaderData(validation_data, "validation_data")
-        elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
-            val_data = _as_data(
-                validation_data[0], validation_data[1], batch_size, dtype, "X_val", "y_val"
-            )
-        else:
-            raise ValueError(
-                "validation_data must be a tuple (X_val, y_val) or a DataLoader; "
-                f"got {type(validation_data).__name__}."
-            )
+
+def _validation(validation_data, batch_size, dtype):
+    """The validation data as batches (``_ArrayData`` or ``_LoaderData``), or None."""
+    if validation_data is None:
+        return None
+    if isinstance(validation_data, DataLoader):
+        return _LoaderData(validation_data, "validation_data")
+    if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+        return _as_data(
+            validation_data[0], validation_data[1], batch_size, dtype, "X_val", "y_val"
+        )
+    raise ValueError(
+        "validation_data must be a tuple (X_val, y_val) or a DataLoader; "
+        f"got {type(validation_data).__name__}."
+    )
+
+
+def _steps_per_epoch(train_data, schedule):
+    """Batches per epoch (None for a loader without a length); errors for none or a schedule."""
     try:
         steps_per_epoch = len(train_data)
     except TypeError:
@@ -469,52 +566,4 @@ def train_classifier(
             f"schedule={schedule!r} needs the number of batches per epoch, but the DataLoader "
             "has no length (iterable dataset); pass schedule=None."
         )
-
-    from tqdm.auto import tqdm
-
-    try:
-        model.to(target)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("model has no trainable parameters (none requires grad).")
-        opt = _make_optimizer(optimizer, params, lr, weight_decay, momentum)
-        sched = _make_schedule(schedule, opt, lr, (steps_per_epoch or 0) * epochs)
-        with _seeded(random_state, target) as generator:
-            for epoch in range(1, epochs + 1):
-                t0 = time.perf_counter()
-                with tqdm(
-                    total=steps_per_epoch,
-                    desc=f"epoch {epoch}/{epochs}",
-                    unit="batch",
-                    disable=not verbose,
-                    leave=True,
-                ) as bar:
-                    loss, acc = _train_epoch(
-                        model, train_data, opt, sched, generator, target, dtype,
-                        label_smoothing, bar if verbose else None,
-                    )
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(
-                            f"training loss became {loss} in epoch {epoch} (lr={lr}); "
-                            "try a lower learning rate."
-                        )
-                    record = {
-                        "epoch": epoch,
-                        "loss": loss,
-                        "train_accuracy": acc,
-                        "lr": float(opt.param_groups[0]["lr"]),
-                    }
-                    postfix = {"loss": f"{loss:.4f}", "acc": f"{acc:.4f}"}
-                    if val_data is not None:
-                        val_loss, val_acc = _evaluate(model, val_data, target, "validation_data")
-                        record["val_loss"] = val_loss
-                        record["val_accuracy"] = val_acc
-                        postfix["val_acc"] = f"{val_acc:.4f}"
-                    record["time"] = time.perf_counter() - t0
-                    bar.set_postfix(postfix)
-                if history is not None:
-                    history.append(record)
-    finally:
-        model.eval()
-        model.to(orig_device)
-    return model
+    return steps_per_epoch

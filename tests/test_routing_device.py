@@ -1,0 +1,182 @@
+"""Routing on the stages' device: hashing where the rows are, few host transfers per batch,
+the same predictions on any device, and safe concurrent activation."""
+
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+
+from sklearn_e2cm import EarlyExitClassMeans, InternalClassifierEarlyExit  # noqa: E402
+from sklearn_e2cm._hashing import assign_rows, row_uniforms  # noqa: E402
+from sklearn_e2cm.stages import TorchStages  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("shape, dtype", [
+    ((40, 7), np.float64), ((33, 1, 8, 8), np.float32), ((9, 3), np.float16),
+    ((6, 5), np.int8), ((5, 0), np.float32), ((0, 4), np.float32), ((3, 1, 28, 28), np.float32),
+])
+@pytest.mark.parametrize("seed", [0, 7, 2**40 + 3, 2**64 - 5])
+def test_uniforms_of_a_tensor_equal_numpy_bit_for_bit(shape, dtype, seed):
+    rng = np.random.default_rng(seed % 2**32)
+    X = (rng.standard_normal(shape) * 100).astype(dtype)
+    u_np = row_uniforms(X, seed)
+    u_t = row_uniforms(torch.from_numpy(X), seed)
+    assert isinstance(u_t, torch.Tensor) and u_t.dtype == torch.float64
+    np.testing.assert_array_equal(u_t.numpy(), u_np)
+    assert np.all((u_np >= 0) & (u_np < 1))
+    w = [0.2, 0.5, 0.3]
+    np.testing.assert_array_equal(assign_rows(u_t, w).numpy(), assign_rows(u_np, w))
+
+
+def test_uniforms_do_not_depend_on_the_batch():
+    X = torch.randn(50, 3, 4, 4)
+    whole = row_uniforms(X, 3)
+    parts = torch.cat([row_uniforms(X[:17], 3), row_uniforms(X[17:], 3)])
+    assert torch.equal(whole, parts)
+    assert len(np.unique(whole.numpy())) == 50  # distinct rows, distinct draws
+
+
+class _TransferSpy:
+    """Counts device-to-host conversions (``.cpu()``, ``.numpy()``, ``.item()``, ``.tolist()``)."""
+
+    NAMES = ("cpu", "numpy", "item", "tolist")
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def spy(t, *args, _original=original, **kwargs):
+                self.count += 1
+                return _original(t, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, spy)
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 10)),
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted(digit_images):
+    Xtr, ytr, Xte, yte = digit_images
+    net = _net()
+    est = EarlyExitClassMeans(stages=net, flops_target=0.5, batch_size=100,
+                              random_state=0).fit(Xtr, ytr)
+    return est, Xte
+
+
+@pytest.mark.parametrize("thresholds", ["mixture", "none_leave", "all_leave"])
+def test_routed_pass_makes_few_host_transfers_per_batch(fitted, monkeypatch, thresholds):
+    est, X = fitted
+    M = est.n_stages_
+    if thresholds == "none_leave":  # every head active, (almost) no row leaves early
+        est.set_operating_point(thresholds=np.full(M - 1, np.nextafter(1.0, 0.0)))
+    elif thresholds == "all_leave":
+        est.set_operating_point(thresholds=np.zeros(M - 1))
+    else:  # between two hull vertices: time sharing, every row is hashed
+        hull = np.sort(est.tradeoff_.loc[est.tradeoff_["on_hull"], "flops"].to_numpy())
+        est.set_operating_point(flops_target=float(hull[-2:].mean()))
+        assert est.mixture_weights_.shape[0] == 2
+    X = torch.from_numpy(X)
+    n_batches = -(-X.shape[0] // est.batch_size)
+    spy = _TransferSpy(monkeypatch)
+    res = est.route(X)
+    monkeypatch.undo()
+    assert spy.count <= n_batches * (M + 2), (spy.count, n_batches, M)
+    assert len(res) == X.shape[0]
+
+
+def test_routing_a_tensor_equals_routing_the_array(fitted):
+    est, X = fitted
+    hull = np.sort(est.tradeoff_.loc[est.tradeoff_["on_hull"], "flops"].to_numpy())
+    est.set_operating_point(flops_target=float(hull[-2:].mean()))
+    a = est.route(X)
+    b = est.route(torch.from_numpy(X))
+    np.testing.assert_array_equal(a.y_pred, b.y_pred)
+    np.testing.assert_array_equal(a.exit_stage, b.exit_stage)
+    np.testing.assert_array_equal(a.component, b.component)
+    np.testing.assert_array_equal(a.proba, b.proba)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_routing_on_cuda_equals_cpu(fitted):
+    est, X = fitted
+    cpu = est.route(X)
+    gpu_est = est.__class__(**dict(est.get_params(), device="cuda"))
+    gpu_est.__dict__.update({k: v for k, v in est.__dict__.items() if k.endswith("_")
+                             or k.startswith("_")})
+    gpu_est._adapter.device, gpu_est._adapter.device_ = "cuda", torch.device("cuda")
+    gpu = gpu_est.route(torch.from_numpy(X).cuda())
+    np.testing.assert_array_equal(cpu.component, gpu.component)
+    # float32 convolutions differ in the last bits between devices: a row whose exit
+    # confidence sits on its threshold may go the other way
+    assert np.mean(cpu.y_pred == gpu.y_pred) > 0.99
+    assert np.mean(cpu.exit_stage == gpu.exit_stage) > 0.99
+
+
+def test_internal_classifier_routes_on_the_device(digit_images, monkeypatch):
+    Xtr, ytr, Xte, yte = digit_images
+    ic = InternalClassifierEarlyExit(_net(), exit_at=[0, 1], epochs=1, class_means=True,
+                                     combine="and", flops_target=0.5, batch_size=100,
+                                     random_state=0).fit(Xtr, ytr)
+    a = ic.route(Xte)
+    X = torch.from_numpy(Xte)
+    spy = _TransferSpy(monkeypatch)
+    b = ic.route(X)
+    monkeypatch.undo()
+    n_batches = -(-X.shape[0] // ic.batch_size)
+    assert spy.count <= n_batches * (ic.n_stages_ + 2)
+    np.testing.assert_array_equal(a.y_pred, b.y_pred)
+    np.testing.assert_array_equal(a.exit_stage, b.exit_stage)
+
+
+def test_concurrent_predictions_leave_the_network_as_it_was(digit_images):
+    Xtr, ytr, Xte, yte = digit_images
+    net = _net()
+    net[1].train()  # a network left partly in train mode
+    modes = [m.training for m in net.modules()]
+    est = EarlyExitClassMeans(stages=net, flops_target=0.5, batch_size=64,
+                              random_state=0).fit(Xtr, ytr)
+    serial = est.predict(Xte)
+    out, errors = [None] * 8, []
+
+    def work(k):
+        try:
+            out[k] = est.predict(Xte)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for o in out:
+        np.testing.assert_array_equal(o, serial)
+    assert [m.training for m in net.modules()] == modes
+
+
+def test_activation_does_not_move_modules_in_place(digit_images, monkeypatch):
+    Xtr, ytr, _, _ = digit_images
+    ad = TorchStages(_net(), device="cpu").fit(torch.from_numpy(Xtr[:10]))
+    calls = []
+    original = nn.Module.to
+    monkeypatch.setattr(nn.Module, "to", lambda m, *a, **k: calls.append(1) or original(m, *a, **k))
+    with ad.activate():
+        with ad.activate():  # nested: switched once
+            pass
+    assert calls == []
