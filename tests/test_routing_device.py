@@ -180,3 +180,32 @@ def test_activation_does_not_move_modules_in_place(digit_images, monkeypatch):
         with ad.activate():  # nested: switched once
             pass
     assert calls == []
+
+
+@pytest.mark.parametrize("scatter", [False, True])
+def test_class_statistics_of_tensors_are_read_back_once(scatter, monkeypatch):
+    from sklearn_e2cm.exits.class_means import ClassStatsAccumulator
+
+    rng = np.random.default_rng(0)
+    F = rng.standard_normal((600, 5)).astype(np.float32) + 3.0
+    y = rng.integers(0, 3, 600)
+    y[500:] = rng.integers(0, 5, 100)  # classes 3 and 4 appear late (streaming)
+    w = rng.random(600)
+    ref, acc = ClassStatsAccumulator(scatter=scatter), ClassStatsAccumulator(scatter=scatter)
+    spy = _TransferSpy(monkeypatch)
+    for s in range(0, 600, 128):
+        ref.update(F[s:s + 128], y[s:s + 128], w[s:s + 128])
+        acc.update(torch.from_numpy(F[s:s + 128]), y[s:s + 128], w[s:s + 128])
+    during = spy.count
+    means = acc.means()
+    monkeypatch.undo()
+    if scatter:
+        # accumulated where the batches are (float64 tensors, the device path); only the
+        # first batch's mean (the shift) is read back before the end
+        assert during <= 2
+    # (Euclidean sums of CPU tensors go through a sparse product into host memory: the
+    # tensors' .numpy() there is a view, not a transfer)
+    np.testing.assert_allclose(means, ref.means(), rtol=1e-6, atol=1e-6)
+    if scatter:
+        np.testing.assert_allclose(acc.within_class_covariance(),
+                                   ref.within_class_covariance(), rtol=1e-9, atol=1e-9)

@@ -125,6 +125,7 @@ class ClassStatsAccumulator:
         self.second = None
         self.shift = None
         self.n_seen = 0
+        self._resident = {}
 
     def grow(self, n_classes, n_features):
         """Make room for ``n_classes`` classes of ``n_features`` features (zeros).
@@ -209,10 +210,10 @@ class ClassStatsAccumulator:
                 onehot = torch.zeros((K, n), dtype=Fc.dtype, device=F.device)
                 onehot[torch.as_tensor(y_idx, device=F.device),
                        torch.arange(n, device=F.device)] = (1.0 if wt is None else wt)
-                self.sums += (onehot @ Fc).double().cpu().numpy()
+                self._add_resident("sums", (onehot @ Fc).double(), K)
             if self.scatter:
                 Fw = Fc if wt is None else Fc * wt[:, None]
-                self.second += (Fc.T @ Fw).cpu().numpy()
+                self._add_resident("second", Fc.T @ Fw, None)
         else:
             Fd = np.asarray(F, dtype=np.float64)
             if self.shift is None:
@@ -228,9 +229,37 @@ class ClassStatsAccumulator:
         self.weights += np.bincount(y_idx, weights=w, minlength=K)[:K]
         self.n_seen += n
 
+    def _add_resident(self, name, value, n_rows):
+        """Accumulate a float64 tensor where it was computed (the stages' device).
+
+        Statistics of device batches stay on the device, in float64, and are
+        added to the host arrays once, when they are read (:meth:`_settle`): no
+        transfer per batch. ``n_rows`` pads a class-sum buffer that grew.
+        """
+        import torch
+
+        resident = self._resident.get(name)
+        if resident is None:
+            self._resident[name] = value.clone()
+            return
+        if n_rows is not None and resident.shape[0] < n_rows:
+            pad = torch.zeros((n_rows - resident.shape[0], resident.shape[1]),
+                              dtype=resident.dtype, device=resident.device)
+            resident = self._resident[name] = torch.cat([resident, pad])
+        resident += value
+
+    def _settle(self):
+        """Add the device-resident statistics to the host arrays (one transfer each)."""
+        for name, resident in self._resident.items():
+            host = resident.cpu().numpy()
+            target = getattr(self, name)
+            target[: host.shape[0]] += host
+        self._resident = {}
+
     def _centred_means(self):
         if self.sums is None:
             raise ValueError("No samples were accumulated.")
+        self._settle()
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.sums / self.weights[:, None]
 
