@@ -3,7 +3,8 @@
 :func:`route` runs a batch stage by stage; after each stage with an active
 exit head the rows whose max exit probability exceeds their threshold leave
 and are dropped from the batch (compaction) before the next stage runs.
-:func:`forward_all` runs every stage on every row (fitting, staged outputs).
+:func:`iter_stages` runs every stage on every row of a batch, one stage at a time
+(fitting, staged outputs).
 Both are generic over :class:`~sklearn_e2cm.stages.base.StageAdapter`.
 """
 
@@ -15,7 +16,7 @@ from ._backend import is_torch, to_numpy
 from ._hashing import assign_rows, row_uniforms
 from ._memory import HeapGuard
 
-__all__ = ["RoutingResult", "route", "decide", "forward_all", "iter_stages"]
+__all__ = ["RoutingResult", "route", "decide", "iter_stages", "batch_uniforms"]
 
 
 @dataclass
@@ -336,24 +337,3 @@ def iter_stages(adapter, Zb, n_stages=None, final=True):
             return
         Z = adapter.run_stage(j, Z)
         yield j, adapter.stage_vector(j, Z), None
-
-
-def forward_all(adapter, Zb, n_stages=None, final=True):
-    """Run stages ``0 .. n_stages-1`` on every row of a batch (all outputs at once).
-
-    Returns
-    -------
-    vectors : list
-        Stage vector of every stage run (backend arrays); for the last stage of
-        a classifier chain, ``None``.
-    final : tuple or None
-        ``adapter.final_outputs`` of the last stage's input when the chain
-        ends in a classifier, all stages run and ``final`` is True.
-    """
-    vectors, fin = [], None
-    for _, F, idx in iter_stages(adapter, Zb, n_stages, final):
-        if idx is not None:
-            fin = (idx, F)
-            F = None
-        vectors.append(F)
-    return vectors, fin

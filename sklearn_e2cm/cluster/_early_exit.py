@@ -23,9 +23,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._backend import import_torch
+from .._backend import import_torch, to_numpy
+from .._fitting.passes import collect_stage_outputs, forward_source
 from ..exits.class_means import ExitHead, normalized_head
-from .._routing import forward_all
 from .._thresholds import mixture_exits, sweep_with_extremes, time_sharing, upper_hull
 from .._exit_estimator import EarlyExitBase, routing_uniforms
 from ..metrics import clustering_accuracy
@@ -404,18 +404,18 @@ n_init, random_state, device, verbose
             Agreement of every stage's cluster with the large DEC's (no labels).
         """
         raw = [ExitHead(C, scale=None) for C in centers]
-        dist = [[] for _ in centers]
-        final_idx = []
+
+        def distances(j, F, idx):  # the last stage gives the large DEC's clusters
+            return (to_numpy(raw[j].distances(F)),) if idx is None else (idx,)
+
         with adapter.activate():
-            for Xb, _ in adapter.batches(X, None, self.batch_size):
-                vectors, fin = forward_all(adapter, Xb)
-                for j, head in enumerate(raw):
-                    dist[j].append(adapter.to_numpy(head.distances(vectors[j])))
-                final_idx.append(fin[0])
-        final_idx = np.concatenate(final_idx)
+            outputs = collect_stage_outputs(
+                forward_source(adapter, X, None, self.batch_size)(), distances,
+                adapter.n_stages)
+        final_idx = outputs[-1][0]
         heads, conf, pred = [], [], []
         for j, C in enumerate(centers):
-            head, P = normalized_head(C, np.concatenate(dist[j]), self.normalize)
+            head, P = normalized_head(C, outputs[j][0], self.normalize)
             heads.append(head)
             conf.append(P.max(axis=1))
             pred.append(P.argmax(axis=1))
