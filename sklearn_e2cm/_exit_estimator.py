@@ -39,6 +39,9 @@ __all__ = [
 class EarlyExitBase:
     """Cost model, operating point and routed inference of a fitted early-exit estimator."""
 
+    #: What the tuning table's score measures (names the ``tradeoff_`` score column).
+    _score_name = "accuracy"
+
     def _finish_fit(self, adapter, heads, stage_flops, conf, correct, sample_weight, rng):
         """Set the cost model and the operating point from the tuning rows' exit arrays.
 
@@ -92,7 +95,7 @@ class EarlyExitBase:
         return OperatingPointSpec(
             flops_target=self.flops_target, thresholds=self.thresholds,
             threshold_search=self.threshold_search, n_targets=self.n_targets,
-            sweep_seed=self._sweep_seed, verbose=self.verbose)
+            sweep_seed=self._sweep_seed, verbose=self.verbose, score_name=self._score_name)
 
     def _apply_operating_point(self, table, swept=None):
         point = choose_operating_point(table, self._operating_point_spec(), swept)

@@ -476,7 +476,10 @@ def test_ee_fitted_attributes(ee, blobs):
     np.testing.assert_array_equal(ee.transform(X), ee.dec_.transform(X))
     names = [f"decearlyexit{i}" for i in range(5)]
     np.testing.assert_array_equal(ee.get_feature_names_out(), names)
-    assert list(ee.tradeoff_.columns) == ["target", "flops", "accuracy", "thresholds", "on_hull"]
+    assert list(ee.tradeoff_.columns) == ["target", "flops", "accuracy", "agreement",
+                                          "thresholds", "on_hull"]
+    # the score of the label-free sweep is agreement; "accuracy" holds the same values
+    np.testing.assert_array_equal(ee.tradeoff_["agreement"], ee.tradeoff_["accuracy"])
 
 
 def test_ee_frozen_layers_bit_identical(ee, large):

@@ -41,6 +41,10 @@ class OperatingPointSpec:
         Seed of the bisection's random starts.
     verbose : int
         Progress bar over the sweep when positive.
+    score_name : str
+        What the tuning table's score is (``"accuracy"``, or ``"agreement"``
+        with the base model for a clustering estimator): names the score
+        column of the trade-off table.
     """
 
     flops_target: object = None
@@ -49,6 +53,7 @@ class OperatingPointSpec:
     n_targets: int = 1000
     sweep_seed: int = 0
     verbose: int = 0
+    score_name: str = "accuracy"
 
 
 @dataclass
@@ -67,7 +72,8 @@ class OperatingPoint:
         Expected normalised cost and score of the mixture on the table.
     tradeoff : pandas.DataFrame
         Swept points: ``target``, ``flops``, ``accuracy`` (the table's score),
-        ``thresholds``, ``on_hull``.
+        ``thresholds``, ``on_hull``; with another ``score_name`` the score is
+        also in a column of that name (``accuracy`` is kept for compatibility).
     """
 
     mixture_thresholds: np.ndarray
@@ -155,13 +161,16 @@ def choose_operating_point(table, spec, swept=None):
     else:
         mix_T, mix_w, known, rows = _from_hull(table, spec, swept)
     costs, scores = table.evaluate_many(mix_T) if known is None else known
-    tradeoff = pd.DataFrame({
+    columns = {
         "target": [r[0] for r in rows],
         "flops": [r[1] for r in rows],
         "accuracy": [r[2] for r in rows],
-        "thresholds": [np.asarray(r[3]) for r in rows],
-        "on_hull": [bool(r[4]) for r in rows],
-    })
+    }
+    if spec.score_name != "accuracy":
+        columns[spec.score_name] = columns["accuracy"]
+    columns["thresholds"] = [np.asarray(r[3]) for r in rows]
+    columns["on_hull"] = [bool(r[4]) for r in rows]
+    tradeoff = pd.DataFrame(columns)
     return OperatingPoint(
         mixture_thresholds=mix_T,
         mixture_weights=mix_w,

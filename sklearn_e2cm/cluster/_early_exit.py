@@ -159,9 +159,9 @@ n_init, random_state, device, verbose
         Its expected agreement with the large DEC on the training data.
     tradeoff_ : pandas.DataFrame
         Swept operating points on the training data: ``target``, ``flops``,
-        ``accuracy`` (agreement with the large DEC, not accuracy against
-        labels, which fitting never sees), ``thresholds``, ``on_hull``.
-        :meth:`tradeoff_curve` evaluates against true labels.
+        ``agreement`` (with the large DEC; fitting never sees labels; the same
+        values are in ``accuracy``, kept for compatibility), ``thresholds``,
+        ``on_hull``. :meth:`tradeoff_curve` evaluates against true labels.
     memory_overhead_bytes_ : int
         Bytes stored for the exits the operating point uses (their centres
         and eq. 4 scales as float32) and for the thresholds.
@@ -219,6 +219,8 @@ n_init, random_state, device, verbose
     >>> clustering_accuracy(y, ee.predict(X)), clustering_accuracy(y, ee.labels_)
     (1.0, 1.0)
     """
+
+    _score_name = "agreement"  # the training sweep scores agreement with the large DEC
 
     _parameter_constraints = {
         **DEC._parameter_constraints,
@@ -451,7 +453,7 @@ n_init, random_state, device, verbose
         tr = self.tradeoff_
         if len(tr) > 1:  # the hull search ran: reuse it
             T = np.vstack(tr["thresholds"].to_numpy())
-            costs, scores = tr["flops"].to_numpy(), tr["accuracy"].to_numpy()
+            costs, scores = tr["flops"].to_numpy(), tr["agreement"].to_numpy()
         else:  # a single operating point was chosen: sweep the targets, with the extremes
             targets = np.linspace(0, 1, self.n_targets + 1)[1:]
             _, T, costs, scores = sweep_with_extremes(table, targets,
