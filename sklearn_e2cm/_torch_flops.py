@@ -21,6 +21,7 @@ stage output to its class-means vector is counted separately and exactly by
 """
 
 import numpy as np
+import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_flops", "stage_flops"]
@@ -59,8 +60,14 @@ def count_flops(module, example_input):
     torch.Size([2, 4])
     """
     counter = FlopCounterMode(display=False)
-    with counter:
-        output = module(example_input)
+    # torch < 2.3 counts nothing under inference_mode (its dispatch skips the counter):
+    # count in no-grad mode instead, on a normal copy of an inference tensor
+    with torch.inference_mode(False), torch.no_grad():
+        x = example_input
+        if isinstance(x, torch.Tensor) and x.is_inference():
+            x = x.clone()
+        with counter:
+            output = module(x)
     return int(counter.get_total_flops()), output
 
 

@@ -1,8 +1,50 @@
-"""Fixtures shared by the torch test modules: 8×8 digit images and a tiny trained ResNet."""
+"""Fixtures shared by the torch test modules (8×8 digit images, a tiny trained ResNet) and
+the thread settings of the test session.
+
+Threads: by default the session runs BLAS, OpenMP and torch with one thread each
+(``E2CM_TEST_THREADS=1``). The tests use small arrays, for which waking worker threads
+costs more than it saves: on a 2-core VM the suite took 200-280 s with the libraries'
+default thread counts and ~45 s with one. Results must not depend on this: every float comparison
+between different code paths carries a tolerance that holds for any thread count. To run
+the suite with N threads everywhere, set ``E2CM_TEST_THREADS=N``; with
+``E2CM_TEST_THREADS=0`` the session leaves the libraries alone (their defaults, or
+``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` as set).
+"""
+
+import os
+import sys
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
+
+
+def _test_threads():
+    return int(os.environ.get("E2CM_TEST_THREADS", "1"))
+
+
+def _limit_loaded_libraries(config, n):
+    from threadpoolctl import threadpool_limits
+
+    config._e2cm_thread_limits = threadpool_limits(limits=n)  # BLAS and OpenMP runtimes
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+def pytest_configure(config):
+    n = _test_threads()
+    if n > 0:
+        # read by the libraries loaded later and by subprocesses
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(n)
+        _limit_loaded_libraries(config, n)
+
+
+def pytest_collection_finish(session):
+    n = _test_threads()
+    if n > 0:  # the test modules imported torch (which caps OMP_NUM_THREADS at the cores)
+        _limit_loaded_libraries(session.config, n)
 
 
 @pytest.fixture(scope="module")

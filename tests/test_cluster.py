@@ -95,6 +95,7 @@ def large(blobs):
 # -- the estimator ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dec_matches_or_beats_kmeans_on_blobs(blobs, large):
     X, y = blobs
     km = KMeans(5, n_init=5, random_state=0).fit(X)
@@ -104,6 +105,7 @@ def test_dec_matches_or_beats_kmeans_on_blobs(blobs, large):
     assert acc_dec > 0.95
 
 
+@pytest.mark.slow
 def test_dec_on_digits():
     X, y = load_digits(return_X_y=True)
     X = X / 16.0
@@ -252,6 +254,7 @@ def test_missing_torch_message(monkeypatch):
         import_torch("DEC")
 
 
+@pytest.mark.slow
 def test_module_import_does_not_import_torch():
     code = (
         "import sys, sklearn_e2cm.cluster, sklearn_e2cm.metrics; "
@@ -742,6 +745,7 @@ def test_ee_errors_at_predict_time(ee, blobs):
         ee.predict(X[:, :49])
 
 
+@pytest.mark.slow
 def test_ee_on_digits():
     X, y = load_digits(return_X_y=True)
     X = X / 16.0
@@ -768,6 +772,7 @@ def test_ee_on_digits():
     ],
     expected_failed_checks=_expected_failed_checks,
 )
+@pytest.mark.slow
 def test_ee_sklearn_compatible(estimator, check):
     check(estimator)
 

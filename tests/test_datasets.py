@@ -275,6 +275,7 @@ def test_no_download_without_flag(tmp_path):
         load_mnist(data_home=tmp_path)
 
 
+@pytest.mark.slow  # reads the 70 000 real images
 @pytest.mark.skipif(not REAL_FASHION.is_dir(), reason="Fashion-MNIST is not installed")
 def test_real_fashion_mnist(monkeypatch):
     monkeypatch.setattr(datasets._DATASETS["fashion-mnist"], "system_dirs", (REAL_FASHION,))

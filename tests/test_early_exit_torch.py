@@ -44,6 +44,20 @@ def _logits(net, X):
         return net(torch.from_numpy(X)).numpy()
 
 
+# Float32 stage outputs recomputed in a batch of another size (the estimator's batches, the
+# rows left after compaction) may differ in their last bits: a batch of one row takes another
+# convolution kernel. Measured on this network: logits move by up to ~3e-6 and exit
+# probabilities by up to ~5e-7. Decisions closer than these slacks to a tie or a threshold may
+# go either way; every other decision must agree exactly.
+LOGIT_SLACK = 1e-4
+PROBA_SLACK = 1e-5
+
+
+def _top2_gap(A):
+    top2 = np.sort(A, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
 def test_base_model_reproduced_and_left_untouched(net, stages, data):
     Xtr, ytr, Xte, yte = data
     state = {k: v.clone() for k, v in net.state_dict().items()}
@@ -52,7 +66,10 @@ def test_base_model_reproduced_and_left_untouched(net, stages, data):
     assert net.training  # mode restored
     for k, v in net.state_dict().items():
         assert torch.equal(v, state[k])  # no weight or BN statistic changed
-    np.testing.assert_array_equal(clf.predict(Xte), _logits(net.eval(), Xte).argmax(1))
+    logits = _logits(net.eval(), Xte)  # one batch; the estimator uses batches of 100
+    clear = _top2_gap(logits) > LOGIT_SLACK
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(clf.predict(Xte)[clear], logits.argmax(1)[clear])
     assert np.all(clf.route(Xte).flops == 1.0)
 
 
@@ -67,6 +84,8 @@ def test_inputs_numpy_tensor_dataloader_agree(stages, data):
     loader = DataLoader(TensorDataset(torch.from_numpy(Xtr), torch.from_numpy(ytr)),
                         batch_size=100)
     c = EarlyExitClassMeans(stages=stages, random_state=0, flops_target=0.5).fit(loader)
+    # c sums the (nonnegative) float32 stage vectors in batches of 100, not 128: a float32
+    # sum of <= 128 terms is within 127 * eps32 / 2 ~ 7.6e-6 relative, inside rtol=1e-5
     for other in (b, c):
         for ca, cb in zip(a.class_means_, other.class_means_):
             np.testing.assert_allclose(ca, cb, rtol=1e-5, atol=1e-6)
@@ -82,7 +101,14 @@ def test_routing_equals_per_sample_reference_and_compacts(fitted, stages, data):
     base = list(clf.staged_predict(Xte))[-1]
     T = clf.mixture_thresholds_[res.component]
     M = clf.n_stages_
-    for i in range(len(Xte)):
+    # route() runs each stage on the rows left (batches of any size), staged_predict_proba on
+    # all rows: skip the rows with a confidence within PROBA_SLACK of a threshold or a near tie
+    conf = np.stack([P[j].max(1) for j in range(M - 1)], axis=1)
+    unsure = (np.any(np.abs(conf - T[:, :M - 1]) < PROBA_SLACK, axis=1)
+              | np.any(np.stack([_top2_gap(P[j]) for j in range(M)], axis=1) < PROBA_SLACK,
+                       axis=1))
+    assert unsure.mean() < 0.01
+    for i in np.flatnonzero(~unsure):
         for j in range(M):
             if j == M - 1 or P[j][i].max() > T[i, j]:
                 pred = base[i] if j == M - 1 else clf.classes_[P[j][i].argmax()]
@@ -261,6 +287,7 @@ def test_missing_class_in_labels_is_explicit(stages, data):
     assert not clf._adapter.final_is_classifier
 
 
+@pytest.mark.slow
 def test_search_shares_one_forward_pass_over_the_network(stages, data):
     from sklearn_e2cm import FlopBudgetSearchCV
     from sklearn_e2cm.early_exit import fit_on_shared_rows, share_stage_outputs
@@ -284,6 +311,7 @@ def test_search_shares_one_forward_pass_over_the_network(stages, data):
     assert s.best_estimator_.score(Xte, yte) > 0.5
 
 
+@pytest.mark.slow
 def test_search_rows_equal_gridsearchcv_on_a_network(stages, data):
     """Torch inputs (array or tensor): the search's rows are GridSearchCV's numbers."""
     from sklearn.model_selection import GridSearchCV
@@ -303,6 +331,7 @@ def test_search_rows_equal_gridsearchcv_on_a_network(stages, data):
                                    gs.cv_results_["mean_test_score"], atol=1e-12)
 
 
+@pytest.mark.slow
 def test_shared_search_in_threads_leaves_the_network_mode_alone(net, data):
     from sklearn_e2cm import FlopBudgetSearchCV
 

@@ -13,7 +13,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_e2cm import EarlyExitClassMeans, InternalClassifierEarlyExit
+from sklearn_e2cm import InternalClassifierEarlyExit
 from sklearn_e2cm.stages._grouped import GroupedStages
 from sklearn_e2cm.stages.sklearn import SklearnStages
 

@@ -13,10 +13,9 @@ from sklearn.model_selection import KFold, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from sklearn_e2cm import EarlyExitClassMeans, FlopBudgetSearchCV
 from sklearn_e2cm._exit_estimator import exit_table_from_source
 from sklearn_e2cm.early_exit import fit_on_shared_rows, share_stage_outputs
-from sklearn_e2cm import EarlyExitClassMeans, FlopBudgetSearchCV
-from sklearn_e2cm._thresholds import upper_hull
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +112,7 @@ def test_refit_serves_the_selected_target(search, data):
     assert search.refit_time_ > 0
 
 
+@pytest.mark.slow
 def test_same_results_for_n_jobs_1_and_2(data):
     Xtr, Xte, ytr, yte, net = data
     kw = dict(flops_targets=50, cv=3, budget=0.4, random_state=0, method="bisect")
@@ -175,6 +175,7 @@ def test_agreement_with_cv_needs_no_labels_for_scoring(data):
     assert s.cv_results_["mean_test_score"][-1] > 0.95
 
 
+@pytest.mark.slow
 def test_callable_and_named_metrics(data):
     Xtr, Xte, ytr, yte, net = data
     kw = dict(flops_targets=40, cv=KFold(3, shuffle=True, random_state=0), random_state=0)
@@ -196,6 +197,7 @@ def test_callable_and_named_metrics(data):
                                ba.cv_results_["mean_test_score"])
 
 
+@pytest.mark.slow
 def test_budget_callable_refit_false_and_errors(data):
     Xtr, Xte, ytr, yte, net = data
     s = FlopBudgetSearchCV(_est(net), flops_targets=20, cv=2, refit=False,
@@ -253,6 +255,7 @@ def _route_flops(est, X, y=None):
     return float(est.route(X).flops.mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [{}, {"calibration": 0.25}, {"threshold_search": "bisect"},
                                 {"threshold_search": "coordinate"}])
 @pytest.mark.parametrize("share", [True, False])
@@ -337,6 +340,7 @@ def _frozen_counting_net(Xtr, ytr):
     return FrozenEstimator(net.fit(Xtr, ytr))
 
 
+@pytest.mark.slow
 def test_shared_forward_pass_runs_the_stages_once(data):
     Xtr, Xte, ytr, yte, _ = data
     net = _frozen_counting_net(Xtr, ytr)
@@ -361,6 +365,7 @@ def test_shared_forward_pass_runs_the_stages_once(data):
                                u.best_estimator_.mixture_thresholds_, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [{}, {"calibration": 0.3}, {"metric": "mahalanobis"}])
 def test_fit_shared_equals_fit_on_the_rows(data, kw):
     Xtr, Xte, ytr, yte, net = data
@@ -382,6 +387,7 @@ def test_fit_shared_equals_fit_on_the_rows(data, kw):
     np.testing.assert_array_equal(ta.correct, tb.correct)
 
 
+@pytest.mark.slow
 def test_shared_pass_falls_back_or_raises(data):
     Xtr, Xte, ytr, yte, _ = data
     trained_by_fit = make_pipeline(StandardScaler(), PCA(16, random_state=0), RidgeClassifier())
@@ -400,6 +406,7 @@ def test_shared_pass_falls_back_or_raises(data):
         FlopBudgetSearchCV(_est(net), cv=3, share_stage_outputs="yes").fit(Xtr, ytr)
 
 
+@pytest.mark.slow
 def test_shared_pass_with_n_jobs_2(data):
     Xtr, Xte, ytr, yte, net = data
     a = FlopBudgetSearchCV(_est(net), flops_targets=30, cv=3, random_state=0, n_jobs=1)
