@@ -17,7 +17,7 @@ import contextlib
 
 import numpy as np
 
-from .._backend import as_float_tensor, import_torch, resolve_device, to_numpy
+from .._backend import as_float_tensor, import_torch, resolve_device
 from .base import StageAdapter
 
 __all__ = ["DECStages"]
@@ -300,28 +300,3 @@ class DECStages(StageAdapter):
         keep = torch.as_tensor(np.asarray(keep) if not isinstance(keep, torch.Tensor) else keep)
         return Z[keep.to(Z.device)]
 
-    def n_rows(self, Z):
-        """Number of rows of a batch.
-
-        Parameters
-        ----------
-        Z : torch.Tensor of shape (n, ...)
-
-        Returns
-        -------
-        n : int
-        """
-        return int(Z.shape[0])
-
-    def to_numpy(self, a):
-        """A tensor (or array) as a numpy array on the CPU.
-
-        Parameters
-        ----------
-        a : torch.Tensor or array-like
-
-        Returns
-        -------
-        a_np : ndarray
-        """
-        return to_numpy(a)

@@ -48,6 +48,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from .._backend import to_numpy
+
 
 class StageAdapter(ABC):
     """Uniform interface over a sequence of stages (see module docstring)."""
@@ -210,7 +212,7 @@ class StageAdapter(ABC):
         -------
         n : int
         """
-        return Z.shape[0]
+        return int(Z.shape[0])
 
     def to_numpy(self, a):
         """A backend array as a numpy array (used for small per-sample outputs).
@@ -222,8 +224,9 @@ class StageAdapter(ABC):
         Returns
         -------
         a_np : ndarray
+            A tensor is detached and copied to the host.
         """
-        return np.asarray(a)
+        return to_numpy(a)
 
     def set_classes(self, classes):
         """Tell the adapter the estimator's sorted ``classes_`` (for the final classifier).

@@ -640,34 +640,6 @@ class TorchStages(StageAdapter):
         index = torch.as_tensor(keep, dtype=torch.long, device=Z.device)
         return Z.index_select(0, index)
 
-    def n_rows(self, Z):
-        """Number of rows of a batch.
-
-        Parameters
-        ----------
-        Z : torch.Tensor of shape (n, ...)
-
-        Returns
-        -------
-        n : int
-        """
-        return int(Z.shape[0])
-
-    def to_numpy(self, a):
-        """A tensor (detached, on the CPU) or array as a numpy array.
-
-        Parameters
-        ----------
-        a : torch.Tensor or array-like
-
-        Returns
-        -------
-        a_np : ndarray
-        """
-        if isinstance(a, torch.Tensor):
-            return a.detach().cpu().numpy()
-        return np.asarray(a)
-
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_active"] = 0
