@@ -10,6 +10,7 @@ import numbers
 import time
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.base import clone, is_classifier
 from sklearn.utils._indexing import _safe_indexing
 
@@ -30,7 +31,7 @@ from ._thresholds import (
 )
 from .early_exit import fit_on_shared_rows
 
-__all__ = ["run_fold", "scored_sweep", "serve_targets", "operating_points", "tuning_grid",
+__all__ = ["run_fold", "format_results", "scored_sweep", "serve_targets", "operating_points", "tuning_grid",
            "tuning_table", "evaluation_table", "reset_operating_params", "fit_estimator"]
 
 
@@ -200,3 +201,40 @@ def fit_estimator(est, X, y, sample_weight):
 
 
 # ----------------------------------------------------------------------------- search
+
+
+def format_results(targets, folds, return_train_score):
+    """``cv_results_`` of a search from its per-fold results, one row per FLOP target.
+
+    Parameters
+    ----------
+    targets : ndarray of shape (P,)
+    folds : list of dict
+        What :func:`run_fold` returns, per fold.
+    return_train_score : bool
+
+    Returns
+    -------
+    results : dict of ndarray
+    """
+    P = len(targets)
+    n = len(folds)
+    res = {}
+    for key in ("fit_time", "score_time"):
+        v = np.array([f[key] for f in folds])
+        res[f"mean_{key}"] = np.full(P, v.mean())
+        res[f"std_{key}"] = np.full(P, v.std())
+    res["param_flops_target"] = np.ma.MaskedArray(targets.copy(), mask=np.zeros(P, bool))
+    res["params"] = [{"flops_target": float(t)} for t in targets]
+    sets = ["test"] + (["train"] if return_train_score else [])
+    for part in sets:
+        for what in ("score", "flops"):
+            arr = np.array([f[f"{part}_{what}"] for f in folds])  # (n, P)
+            for k in range(n):
+                res[f"split{k}_{part}_{what}"] = arr[k]
+            res[f"mean_{part}_{what}"] = arr.mean(axis=0)
+            res[f"std_{part}_{what}"] = arr.std(axis=0)
+            if part == "test" and what == "score":
+                res["rank_test_score"] = rankdata(
+                    -np.round(arr.mean(axis=0), 12), method="min").astype(np.int32)
+    return res

@@ -17,7 +17,6 @@ from functools import partial
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
-from scipy.stats import rankdata
 from sklearn.base import (
     BaseEstimator,
     MetaEstimatorMixin,
@@ -35,6 +34,7 @@ from ._exit_estimator import serve_from_sweep, sweep_seed_of
 from ._search_folds import (
     evaluation_table,
     fit_estimator,
+    format_results,
     operating_points,
     reset_operating_params,
     run_fold,
@@ -404,7 +404,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             fold["train_flops"] = fold["test_flops"]
             fold["train_score"] = fold["test_score"]
         self.n_splits_ = 1
-        self.cv_results_ = self._format_results(targets, [fold])
+        self.cv_results_ = format_results(targets, [fold], self.return_train_score)
         front = pd.DataFrame(
             {
                 "flops_target": c[hull],
@@ -452,7 +452,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         )
         prog = self._progress(len(splits), "FlopBudgetSearchCV folds")
         folds = list(prog(gen))
-        self.cv_results_ = self._format_results(targets, folds)
+        self.cv_results_ = format_results(targets, folds, self.return_train_score)
         bases = np.array([f["base"] for f in folds])
         self.base_flops_, self.base_score_ = (float(v) for v in bases.mean(axis=0))
         front_rows = self._front_rows(self.cv_results_)
@@ -556,29 +556,6 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             # single-target search: the estimator's own bisection at the target, which the
             # keyed starts make identical to the sweep's point for that target
             serve_from_sweep(est, table, None if self._serve_own_points else sweep_out)
-
-    def _format_results(self, targets, folds):
-        P = len(targets)
-        n = len(folds)
-        res = {}
-        for key in ("fit_time", "score_time"):
-            v = np.array([f[key] for f in folds])
-            res[f"mean_{key}"] = np.full(P, v.mean())
-            res[f"std_{key}"] = np.full(P, v.std())
-        res["param_flops_target"] = np.ma.MaskedArray(targets.copy(), mask=np.zeros(P, bool))
-        res["params"] = [{"flops_target": float(t)} for t in targets]
-        sets = ["test"] + (["train"] if self.return_train_score else [])
-        for part in sets:
-            for what in ("score", "flops"):
-                arr = np.array([f[f"{part}_{what}"] for f in folds])  # (n, P)
-                for k in range(n):
-                    res[f"split{k}_{part}_{what}"] = arr[k]
-                res[f"mean_{part}_{what}"] = arr.mean(axis=0)
-                res[f"std_{part}_{what}"] = arr.std(axis=0)
-                if part == "test" and what == "score":
-                    res["rank_test_score"] = rankdata(
-                        -np.round(arr.mean(axis=0), 12), method="min").astype(np.int32)
-        return res
 
     def _select(self):
         res = self.cv_results_
