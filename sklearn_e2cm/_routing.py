@@ -148,10 +148,10 @@ class _Batch:
         self.exit[rows] = j
         if self.return_proba:
             if self.proba is None:
-                self.proba = self._zeros((self.n, P.shape[1]), like=P)
+                self.proba = self._zeros((self.n, P.shape[1]))
             self.proba[rows] = self._float64(P)
 
-    def _zeros(self, shape, like):
+    def _zeros(self, shape):
         if self.torch:
             return self.lib.zeros(shape, dtype=self.lib.float64, device=self.alive.device)
         return np.zeros(shape, dtype=np.float64)
