@@ -157,16 +157,19 @@ def measure_network(name, net, Xtr, ytr, Xte, yte, args, device):
                                   batch_size=args.fit_batch_size, device=device,
                                   random_state=0, **kw)
         fit_t, fwd_t = [], []
-        for _ in range(args.fit_rounds):
+        for _ in range(args.fit_rounds if "fit" in args.parts else 0):
             fwd_t.append(_timed(lambda: full_pass(stages, Xtr_d, args.fit_batch_size),
                                 device)[0])
             fit_t.append(_timed(lambda: est.fit(Xtr_d, ytr), device)[0])
-        fits.append({"network": name, "metric": label, "fit_s": _median(fit_t),
-                     "forward_s": _median(fwd_t),
-                     "ratio": _median(np.array(fit_t) / np.array(fwd_t)),
-                     "breakdown": dict(est._fit_times)})
+        if "fit" in args.parts:
+            fits.append({"network": name, "metric": label, "fit_s": _median(fit_t),
+                         "forward_s": _median(fwd_t),
+                         "ratio": _median(np.array(fit_t) / np.array(fwd_t)),
+                         "breakdown": dict(est._fit_times)})
+        else:
+            est.fit(Xtr_d, ytr)
         points = {t: None for t in args.targets}
-        for bs in args.batch_sizes:
+        for bs in (args.batch_sizes if "routing" in args.parts else []):
             est.set_params(batch_size=bs)
             samples = {t: {"wall": [], "ideal": [], "heads": []} for t in args.targets}
             full = []
@@ -220,6 +223,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--n-test", type=int, default=None)
+    p.add_argument("--parts", nargs="+", choices=["routing", "fit"], default=["routing", "fit"],
+                   help="what to measure")
     p.add_argument("--name", default=None, help="results file name (default: gpu_<device>)")
     args = p.parse_args(argv)
     from sklearn_e2cm._backend import resolve_device
@@ -240,19 +245,23 @@ def main(argv=None):
         fits += f
     lines = [f"# Routed inference and fit on {dev_name}", "",
              f"Command: `python benchmarks/bench_gpu.py {' '.join(argv or sys.argv[1:])}`  ",
-             f"Device: **{dev_name}**; torch {torch.__version__}; medians of {args.rounds} "
-             "interleaved rounds after a warm-up, device synchronised around every timed call.",
-             "", "| network | metric | batch | φ | test FLOPs | test acc | full (s) | routed (s) | "
-             "routed / full | routed / ideal | routed / (ideal + heads) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"Device: **{dev_name}**; torch {torch.__version__}; routing: medians of "
+             f"{args.rounds} interleaved rounds after a warm-up; fit: medians of {args.fit_rounds} "
+             "rounds, each a forward pass then a fit; device synchronised around every timed call.",
+             ""]
+    if rows:
+        lines += ["| network | metric | batch | φ | test FLOPs | test acc | full (s) | routed (s) | "
+                  "routed / full | routed / ideal | routed / (ideal + heads) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['network']} | {r['metric']} | {r['batch']} | {r['phi']:.2f} | "
             f"{r['test_flops']:.3f} | {r['test_acc']:.4f} | {r['full_s']:.3f} | "
             f"{r['routed_s']:.3f} | {r['routed_over_full']:.2f} | {r['routed_over_ideal']:.2f} | "
             f"{r['routed_over_ideal_plus_heads']:.2f} |")
-    lines += ["", "| network | metric | fit (s) | forward over the training set (s) | fit / forward |",
-              "|---|---|---|---|---|"]
+    if fits:
+        lines += ["", "| network | metric | fit (s) | forward over the training set (s) | "
+                  "fit / forward (median of per-round ratios) |", "|---|---|---|---|---|"]
     for f in fits:
         lines.append(f"| {f['network']} | {f['metric']} | {f['fit_s']:.2f} | "
                      f"{f['forward_s']:.2f} | {f['ratio']:.2f} |")
