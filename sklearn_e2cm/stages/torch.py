@@ -425,11 +425,15 @@ class TorchStages(StageAdapter):
         mods = self._modules()
         self._saved_flags = [(m, m.training) for m in mods]
         self._saved_devices = _record_devices(mods)
-        for m in mods:
-            m.training = False
-        if any(not _device_matches(rec[3], device) for rec in self._saved_devices):
-            for stage in self.stage_modules_:
-                stage.to(device)
+        try:
+            for m in mods:
+                m.training = False
+            if any(not _device_matches(rec[3], device) for rec in self._saved_devices):
+                for stage in self.stage_modules_:
+                    stage.to(device)
+        except BaseException:
+            self._leave()  # nothing changed stays changed when switching fails
+            raise
 
     def _leave(self):
         """Last activation ends: every training flag and device as it was."""
