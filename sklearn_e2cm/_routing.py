@@ -88,7 +88,7 @@ def _argmax_max(P):
 
 
 def decide(adapter, head, F):
-    """Exit decision inputs of one head on a batch of stage vectors ``F``, on the host.
+    """Exit decision inputs of one head on a batch of stage vectors ``F``.
 
     Parameters
     ----------
@@ -102,10 +102,11 @@ def decide(adapter, head, F):
     P : array of shape (n, n_classes)
         The head's class probabilities (backend array).
     idx : ndarray of int, shape (n,)
-        Predicted class indices.
+        Predicted class indices (on the host).
     conf : ndarray of shape (n,)
         The exit confidence compared with the stage's threshold (exit when
-        ``conf > T``): the head's own, or the largest probability (eq. 6).
+        ``conf > T``): the head's own, or the largest probability (eq. 6),
+        on the host.
     """
     P, conf = head.decide(F)
     idx, pmax = _argmax_max(P)
@@ -246,6 +247,8 @@ def route(
     guard = HeapGuard(slack=None)  # keep resident memory flat over long streams
     for Xb, _ in batches:
         guard.step()
+        if adapter.n_rows(Xb) == 0:
+            continue  # an empty batch (a DataLoader's) routes nothing
         out.append(_route_batch(adapter, heads, thresholds, weights, active, Xb, seed,
                                 return_proba))
     if not out:

@@ -526,7 +526,7 @@ class TradeoffDisplay:
 
         check_is_fitted(search, "cv_results_")
         res = search.cv_results_
-        pts = getattr(search, "_sweep_points", None)
+        pts = getattr(search, "swept_points_", None)
         if pts is not None:
             flops, score = pts
         else:

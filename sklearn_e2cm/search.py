@@ -211,6 +211,10 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
     share_reason_ : str or None
         Why the forward pass was not shared (``None`` when it was, or with
         ``cv=None``/``"prefit"``).
+    swept_points_ : tuple of ndarray or None
+        With ``cv=None`` or ``"prefit"``: ``(flops, score)`` of every swept
+        threshold vector on the tuning data (what :meth:`plot` draws as
+        points); ``None`` with cross-validation.
     refit_time_ : float
         Seconds to fit and tune :attr:`best_estimator_`.
     scorer_ : str
@@ -416,7 +420,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
                 "weights": [np.array([1.0]) for _ in hull],
             }
         )
-        self._sweep_points = (c, s)
+        self.swept_points_ = (c, s)
         self._select()
         self.pareto_front_ = self._finish_front(front, scoring)
         self.cv_results_["on_pareto_front"] = np.isin(
@@ -457,7 +461,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self.base_flops_, self.base_score_ = (float(v) for v in bases.mean(axis=0))
         front_rows = self._front_rows(self.cv_results_)
         self.cv_results_["on_pareto_front"] = np.isin(np.arange(len(targets)), front_rows)
-        self._sweep_points = None
+        self.swept_points_ = None
         self._select()
         front = pd.DataFrame(
             {

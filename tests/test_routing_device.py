@@ -209,3 +209,65 @@ def test_class_statistics_of_tensors_are_read_back_once(scatter, monkeypatch):
     if scatter:
         np.testing.assert_allclose(acc.within_class_covariance(),
                                    ref.within_class_covariance(), rtol=1e-9, atol=1e-9)
+
+
+def test_two_adapters_on_one_network_share_the_switch(digit_images):
+    Xtr, _, _, _ = digit_images
+    net = _net()
+    net.train()
+    stage_modules = [m for child in net.children() for m in child.modules()]
+    x = torch.from_numpy(Xtr[:4])
+    a1, a2 = TorchStages(net).fit(x), TorchStages(net).fit(x)
+    entered, leave = threading.Event(), threading.Event()
+
+    def first():  # another estimator on the same network, in another thread
+        with a1.activate():
+            entered.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=first)
+    t.start()
+    entered.wait(10)
+    with a2.activate():
+        leave.set()
+        t.join()  # a1 has left; a2 is still running: still eval mode
+        assert not any(m.training for m in stage_modules)
+    assert all(m.training for m in stage_modules)  # restored once both left
+    assert not torch.is_inference_mode_enabled()
+
+
+def test_run_stage_outside_activation_is_in_inference_mode_in_every_thread(digit_images):
+    Xtr, _, _, _ = digit_images
+    ad = TorchStages(_net()).fit(torch.from_numpy(Xtr[:4]))
+    inside, done = threading.Event(), threading.Event()
+
+    def hold():
+        with ad.activate():
+            inside.set()
+            done.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    inside.wait(10)
+    try:
+        z = ad.run_stage(0, torch.from_numpy(Xtr[:3]))
+        assert z.is_inference() and not z.requires_grad
+    finally:
+        done.set()
+        t.join()
+
+
+def test_empty_batches_of_a_loader_route_nothing(fitted):
+    est, X = fitted
+    Xt = torch.from_numpy(X)
+
+    class Loader:  # a DataLoader-like iterable with an empty batch in the middle
+        dataset = Xt
+        batch_size = 10
+
+        def __iter__(self):
+            return iter([(Xt[:10],), (Xt[:0],), (Xt[10:20],)])
+
+    r = est.route(Loader())
+    assert len(r) == 20 and r.proba.shape == (20, 10)
+    np.testing.assert_array_equal(r.y_pred, est.predict(X[:20]))

@@ -237,9 +237,6 @@ class ExitTable:
             return float(values.mean())
         return float(self.weights @ values)
 
-    # Private alias kept only for search.py (``held._mean``); remove once it calls
-    # weighted_mean.
-    _mean = weighted_mean
 
     # -- bit codes of exit patterns ---------------------------------------------------
     @property

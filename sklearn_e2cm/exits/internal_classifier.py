@@ -30,7 +30,7 @@ def _quantile_map(values, grid):
 
         g = torch.as_tensor(grid, dtype=torch.float64, device=values.device)
         k = torch.searchsorted(g, values.to(torch.float64), right=True)
-        return k.to(torch.float64) / grid.shape[0]
+        return k.to(torch.float64) / g.shape[0]
     return np.searchsorted(grid, np.asarray(values, dtype=np.float64), side="right") \
         / grid.shape[0]
 
@@ -167,11 +167,24 @@ class InternalClassifierHead:
         """
         if not self.combine:
             return conf
-        qi = _quantile_map(conf, self.q_ic)
-        qe = _quantile_map(conf_e, self.q_e2cm)
+        grid_ic, grid_e2cm = self._grids(conf)
+        qi = _quantile_map(conf, grid_ic)
+        qe = _quantile_map(conf_e, grid_e2cm)
         if is_torch(qi):
             return qi.minimum(qe) if self.combine == "and" else qi.maximum(qe)
         return np.minimum(qi, qe) if self.combine == "and" else np.maximum(qi, qe)
+
+    def _grids(self, like):
+        """The two quantile grids in the array type and device of ``like`` (cached)."""
+        if not is_torch(like):
+            return self.q_ic, self.q_e2cm
+        key = ("grids", str(like.device))
+        if key not in self._cache:
+            import torch
+
+            self._cache[key] = tuple(torch.as_tensor(g, dtype=torch.float64, device=like.device)
+                                     for g in (self.q_ic, self.q_e2cm))
+        return self._cache[key]
 
     def set_quantiles(self, conf, conf_e):
         """Record the quantile grids of both confidences on the tuning rows (for ``combine``).
@@ -189,6 +202,7 @@ class InternalClassifierHead:
             Sets ``q_ic`` and ``q_e2cm`` (``N_QUANTILES`` points each).
         """
         levels = np.linspace(0.0, 1.0, N_QUANTILES)
+        self._cache = {}  # device copies of the old grids
         self.q_ic = np.quantile(conf, levels)
         self.q_e2cm = np.quantile(np.asarray(conf_e, dtype=np.float64), levels)
 
@@ -204,8 +218,9 @@ class InternalClassifierHead:
         -------
         P : array of shape (n, K)
             The IC's class probabilities, in ``F``'s array type and device.
-        conf : ndarray of shape (n,)
-            The (combined) confidence compared with the threshold.
+        conf : array of float64 of shape (n,)
+            The (combined) confidence compared with the threshold, in ``F``'s
+            array type and device.
         """
         P, conf, conf_e = self.raw(F)
         return P, self.combined(conf, conf_e)

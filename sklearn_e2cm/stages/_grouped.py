@@ -190,7 +190,6 @@ class GroupedStages(StageAdapter):
         return self.base.stage_vector(self.ends[g], Z)
 
     def final_outputs(self, Z):
-        # the router calls this on the last group's input: run the group but the classifier
         """Base model's ``(class_index, proba)`` from the last group's input.
 
         Runs the last group but its classifier, then the base adapter's
@@ -203,24 +202,26 @@ class GroupedStages(StageAdapter):
 
         Returns
         -------
-        class_index : ndarray of int of shape (n,)
+        class_index : array of int of shape (n,)
         proba : array of shape (n, K)
-            numpy or torch, as the base adapter returns it.
+            As the base adapter returns them (numpy, or tensors on the batch's
+            device).
         """
         Z = self.run_stage(self.n_stages - 1, Z)
         return self.base.final_outputs(Z)
 
     def take(self, Z, keep):
-        """Rows of ``Z`` selected by the boolean numpy mask ``keep`` (the base adapter's).
+        """Rows of ``Z`` selected by a boolean mask or row positions (the base adapter's).
 
         Parameters
         ----------
         Z : backend array of shape (n, ...)
-        keep : ndarray of bool of shape (n,)
+        keep : array of shape (n,) of bool, or of int
+            Numpy, or for torch stages a tensor on ``Z``'s device.
 
         Returns
         -------
-        Z_kept : backend array of shape (keep.sum(), ...)
+        Z_kept : backend array
         """
         return self.base.take(Z, keep)
 

@@ -101,6 +101,38 @@ def _normalize_torch_stages(stages):
     )
 
 
+#: Activation state per network (the set of its modules): several adapters, estimators or
+#: threads may use one network at once; the first switches it to inference, the last restores it.
+_ACTIVATION_LOCK = threading.RLock()
+_ACTIVE_NETWORKS = {}
+
+
+def _switch_to_inference(stages, mods, device):
+    """Eval mode everywhere and the stages on ``device`` (moved only if needed).
+
+    Returns what :func:`_restore` needs; on failure, restores what was switched.
+    """
+    flags = [(m, m.training) for m in mods]
+    devices = _record_devices(mods)
+    try:
+        for m in mods:
+            m.training = False
+        if any(not _device_matches(rec[3], device) for rec in devices):
+            for stage in stages:
+                stage.to(device)
+    except BaseException:
+        _restore(flags, devices)
+        raise
+    return flags, devices
+
+
+def _restore(flags, devices):
+    """Every training flag and parameter/buffer device as recorded."""
+    for m, flag in flags:
+        m.training = flag
+    _restore_devices(devices)
+
+
 class TorchStages(StageAdapter):
     """A PyTorch network cut into stages, for the early-exit estimators.
 
@@ -382,7 +414,10 @@ class TorchStages(StageAdapter):
         """Run the stages for inference: ``eval()``, on ``device_``, under ``inference_mode``.
 
         Every module's training flag and every parameter's and buffer's device
-        are restored on exit, also when the body raises.
+        are restored on exit, also when the body raises. Nested and concurrent
+        activations of one network (from any adapters and threads) share one
+        switch: the first switches the network to inference (moving nothing
+        that is already on ``device_``), the last restores it.
 
         Yields
         ------
@@ -392,25 +427,41 @@ class TorchStages(StageAdapter):
         device = getattr(self, "device_", None)
         if device is None:
             device = self.device_ = resolve_device(self.device)
-        with self._lock():
-            if getattr(self, "_active", 0) == 0:
-                self._enter(device)
-            self._active = getattr(self, "_active", 0) + 1
+        mods = self._modules()
+        key = frozenset(id(m) for m in mods)
+        tls = self._thread_state()
+        with _ACTIVATION_LOCK:
+            state = _ACTIVE_NETWORKS.get(key)
+            if state is None:
+                state = _ACTIVE_NETWORKS[key] = {"count": 0}
+                try:
+                    state["saved"] = _switch_to_inference(self.stage_modules_, mods, device)
+                except BaseException:
+                    del _ACTIVE_NETWORKS[key]
+                    raise
+            state["count"] += 1
+        tls.depth = getattr(tls, "depth", 0) + 1
         try:
             with torch.inference_mode():
                 yield self
         finally:
-            with self._lock():
-                self._active -= 1
-                if self._active == 0:
-                    self._leave()
+            tls.depth -= 1
+            with _ACTIVATION_LOCK:
+                state["count"] -= 1
+                if state["count"] == 0:
+                    del _ACTIVE_NETWORKS[key]
+                    _restore(*state["saved"])
 
-    def _lock(self):
-        """The lock that guards switching modes and devices (not pickled)."""
-        lock = self.__dict__.get("_activation_lock")
-        if lock is None:
-            lock = self.__dict__.setdefault("_activation_lock", threading.RLock())
-        return lock
+    def _thread_state(self):
+        """Per-thread activation depth (``inference_mode`` is per thread)."""
+        tls = self.__dict__.get("_tls")
+        if tls is None:
+            tls = self.__dict__.setdefault("_tls", threading.local())
+        return tls
+
+    def _in_activation(self):
+        """Whether this thread runs inside :meth:`activate`."""
+        return getattr(self._thread_state(), "depth", 0) > 0
 
     def _modules(self):
         """Every module of the stages, once (cached for the current stages)."""
@@ -419,28 +470,6 @@ class TorchStages(StageAdapter):
         if cached is None or cached[0] != key:
             cached = self._module_cache = (key, _unique_modules(self.stage_modules_))
         return cached[1]
-
-    def _enter(self, device):
-        """First activation: eval mode everywhere, stages on ``device`` (only if needed)."""
-        mods = self._modules()
-        self._saved_flags = [(m, m.training) for m in mods]
-        self._saved_devices = _record_devices(mods)
-        try:
-            for m in mods:
-                m.training = False
-            if any(not _device_matches(rec[3], device) for rec in self._saved_devices):
-                for stage in self.stage_modules_:
-                    stage.to(device)
-        except BaseException:
-            self._leave()  # nothing changed stays changed when switching fails
-            raise
-
-    def _leave(self):
-        """Last activation ends: every training flag and device as it was."""
-        for m, flag in self._saved_flags:
-            m.training = flag
-        _restore_devices(self._saved_devices)
-        self._saved_flags = self._saved_devices = None
 
     def _split_batch(self, batch):
         if isinstance(batch, torch.Tensor):
@@ -538,7 +567,7 @@ class TorchStages(StageAdapter):
 
     def _call(self, module, Z):
         """``module(Z)``; outside :meth:`activate`, in eval mode and inference mode anyway."""
-        if getattr(self, "_active", 0) > 0:
+        if self._in_activation():
             return module(Z)
         dev = _module_device(module)
         if isinstance(Z, torch.Tensor) and any(True for _ in module.parameters()) and (
@@ -587,12 +616,12 @@ class TorchStages(StageAdapter):
         F : torch.Tensor of float32 of shape (n, D_j)
             On ``Z``'s device.
         """
-        if getattr(self, "_active", 0) > 0:
+        if self._in_activation():
             V = self._poolings[j](Z)
         else:
             with torch.inference_mode():
                 V = self._poolings[j](Z)
-        return V.reshape(V.shape[0], -1).float()
+        return V.flatten(1).float()
 
     def final_outputs(self, Z):
         """``(argmax indices, softmax probabilities)`` of the last stage, both on ``Z``'s device.
@@ -646,8 +675,7 @@ class TorchStages(StageAdapter):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_active"] = 0
-        for name in ("_activation_lock", "_module_cache", "_saved_flags", "_saved_devices"):
+        for name in ("_tls", "_module_cache", "_active"):
             state.pop(name, None)
         return state
 
