@@ -188,25 +188,23 @@ class DECStages(StageAdapter):
 
     @contextlib.contextmanager
     def activate(self):
-        """Modules on ``device``, in eval mode, under ``torch.inference_mode``; then on the CPU.
+        """Modules on ``device``, in eval mode, under ``torch.inference_mode``.
 
-        A context manager: on exit every module is moved back to the CPU.
+        A context manager: on exit every module's mode and device are restored
+        (the fitted modules live on the CPU). Nested and concurrent uses share
+        one switch (the first switches, the last restores).
 
         Yields
         ------
         self : DECStages
         """
-        torch = import_torch("DEC")
+        import_torch("DEC")
+        from ._torch_utils import _unique_modules, network_inference
+
         device = resolve_device(self.device)
-        mods = self._modules()
-        for m in mods:
-            m.to(device).eval()
-        try:
-            with torch.inference_mode():
-                yield self
-        finally:
-            for m in mods:
-                m.cpu()
+        stages = self._modules()
+        with network_inference(stages, _unique_modules(stages), device):
+            yield self
 
     def batches(self, X, y=None, batch_size=None):
         """Yield ``(Xb, yb)``: float32 tensors on ``device`` of ``batch_size`` rows of ``X``.

@@ -1,11 +1,12 @@
 """Small torch helpers of the torch stage adapters: dtype, device and mode handling."""
 
 import contextlib
+import threading
 
 import numpy as np
 import torch
 
-__all__ = []
+__all__ = ["network_inference"]
 
 
 def _floating_dtype(modules, default=torch.float32):
@@ -108,4 +109,73 @@ def _labels_to_numpy(y, n=None):
     return y
 
 
-# ------------------------------------------------------------ split_into_stages
+#: Activation state per network (the set of its modules): several adapters, estimators or
+#: threads may use one network at once; the first switches it to inference, the last restores it.
+_ACTIVATION_LOCK = threading.RLock()
+_ACTIVE_NETWORKS = {}
+
+
+def _switch_to_inference(stages, mods, device):
+    """Eval mode everywhere and the stages on ``device`` (moved only if needed).
+
+    Returns what :func:`_restore` needs; on failure, restores what was switched.
+    """
+    flags = [(m, m.training) for m in mods]
+    devices = _record_devices(mods)
+    try:
+        for m in mods:
+            m.training = False
+        if any(not _device_matches(rec[3], device) for rec in devices):
+            for stage in stages:
+                stage.to(device)
+    except BaseException:
+        _restore(flags, devices)
+        raise
+    return flags, devices
+
+
+@contextlib.contextmanager
+def network_inference(stages, mods, device):
+    """Run a network's stages for inference: eval mode, on ``device``, ``inference_mode``.
+
+    Nested and concurrent uses of one network (the set ``mods`` of its
+    modules; from any adapters and threads) share one switch: the first
+    switches every module to eval mode and moves the stages to ``device``
+    (only when they are elsewhere), the last restores every training flag and
+    parameter/buffer device, also when the body raises.
+
+    Parameters
+    ----------
+    stages : list of torch.nn.Module
+        Moved with ``.to(device)`` when needed.
+    mods : list of torch.nn.Module
+        Every module of the stages, once.
+    device : torch.device
+
+    Yields
+    ------
+    None
+    """
+    key = frozenset(id(m) for m in mods)
+    with _ACTIVATION_LOCK:
+        state = _ACTIVE_NETWORKS.get(key)
+        if state is None:
+            saved = _switch_to_inference(stages, mods, device)
+            state = _ACTIVE_NETWORKS[key] = {"count": 0, "saved": saved}
+        state["count"] += 1
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        with _ACTIVATION_LOCK:
+            state["count"] -= 1
+            if state["count"] == 0:
+                del _ACTIVE_NETWORKS[key]
+                _restore(*state["saved"])
+
+
+def _restore(flags, devices):
+    """Every training flag and parameter/buffer device as recorded."""
+    for m, flag in flags:
+        m.training = flag
+    _restore_devices(devices)

@@ -36,15 +36,13 @@ from .._torch_flops import count_flops
 from ._pooling import make_pooling
 from ._split import split_into_stages
 from ._torch_utils import (
-    _device_matches,
     _eval_mode,
     _floating_dtype,
     _labels_to_numpy,
     _module_device,
-    _record_devices,
-    _restore_devices,
     _to_tensor,
     _unique_modules,
+    network_inference,
 )
 from .base import StageAdapter
 
@@ -99,38 +97,6 @@ def _normalize_torch_stages(stages):
         "nn.Sequential (each child a stage), a list of nn.Module, or a model to split with "
         "split_into_stages."
     )
-
-
-#: Activation state per network (the set of its modules): several adapters, estimators or
-#: threads may use one network at once; the first switches it to inference, the last restores it.
-_ACTIVATION_LOCK = threading.RLock()
-_ACTIVE_NETWORKS = {}
-
-
-def _switch_to_inference(stages, mods, device):
-    """Eval mode everywhere and the stages on ``device`` (moved only if needed).
-
-    Returns what :func:`_restore` needs; on failure, restores what was switched.
-    """
-    flags = [(m, m.training) for m in mods]
-    devices = _record_devices(mods)
-    try:
-        for m in mods:
-            m.training = False
-        if any(not _device_matches(rec[3], device) for rec in devices):
-            for stage in stages:
-                stage.to(device)
-    except BaseException:
-        _restore(flags, devices)
-        raise
-    return flags, devices
-
-
-def _restore(flags, devices):
-    """Every training flag and parameter/buffer device as recorded."""
-    for m, flag in flags:
-        m.training = flag
-    _restore_devices(devices)
 
 
 class TorchStages(StageAdapter):
@@ -427,30 +393,13 @@ class TorchStages(StageAdapter):
         device = getattr(self, "device_", None)
         if device is None:
             device = self.device_ = resolve_device(self.device)
-        mods = self._modules()
-        key = frozenset(id(m) for m in mods)
         tls = self._thread_state()
-        with _ACTIVATION_LOCK:
-            state = _ACTIVE_NETWORKS.get(key)
-            if state is None:
-                state = _ACTIVE_NETWORKS[key] = {"count": 0}
-                try:
-                    state["saved"] = _switch_to_inference(self.stage_modules_, mods, device)
-                except BaseException:
-                    del _ACTIVE_NETWORKS[key]
-                    raise
-            state["count"] += 1
-        tls.depth = getattr(tls, "depth", 0) + 1
-        try:
-            with torch.inference_mode():
+        with network_inference(self.stage_modules_, self._modules(), device):
+            tls.depth = getattr(tls, "depth", 0) + 1
+            try:
                 yield self
-        finally:
-            tls.depth -= 1
-            with _ACTIVATION_LOCK:
-                state["count"] -= 1
-                if state["count"] == 0:
-                    del _ACTIVE_NETWORKS[key]
-                    _restore(*state["saved"])
+            finally:
+                tls.depth -= 1
 
     def _thread_state(self):
         """Per-thread activation depth (``inference_mode`` is per thread)."""
