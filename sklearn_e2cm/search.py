@@ -335,7 +335,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         X, y = indexable(X, y)
         w = None
         if sample_weight is not None:
-            w = _check_sample_weight(sample_weight, X, dtype=np.float64)
+            w = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         rng = check_random_state(self.random_state)
         self.scorer_ = scoring.name
         self._scoring = scoring

@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_e2cm import EarlyExitClassMeans
+from sklearn_e2cm import EarlyExitClassMeans, FlopBudgetSearchCV
 from sklearn_e2cm._thresholds import cumulative_cost
 
 
@@ -342,3 +342,45 @@ def test_set_operating_point_without_refit(fitted, digits):
     np.testing.assert_array_equal(loaded.predict(Xte), clf.predict(Xte))
     with pytest.raises(RuntimeError, match="refit"):
         loaded.set_operating_point(flops_target=0.4)
+
+
+def _prefitted_chain():
+    from sklearn.frozen import FrozenEstimator
+
+    X, y = load_digits(return_X_y=True)
+    net = make_pipeline(StandardScaler(), PCA(16, random_state=0),
+                        LogisticRegression(max_iter=300)).fit(X, y)
+    return X, y, FrozenEstimator(net)
+
+
+def test_labels_the_prefitted_classifier_cannot_predict_are_rejected():
+    X, y, net = _prefitted_chain()
+    with pytest.raises(ValueError, match=r"predicts classes \[0, 1, 2.*not among the labels"):
+        EarlyExitClassMeans(stages=net).fit(X, y + 100)  # shifted labels: silent 0.10 before
+    keep = y < 5  # a subset of the base model's classes: it may predict the others
+    with pytest.raises(ValueError, match=r"predicts classes \[5, 6, 7, 8, 9\]"):
+        EarlyExitClassMeans(stages=net).fit(X[keep], y[keep])
+
+
+def test_labels_beyond_the_prefitted_classifier_are_accepted():
+    X, y, net = _prefitted_chain()
+    keep = y < 5
+    small = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)).fit(X[keep],
+                                                                                  y[keep])
+    from sklearn.frozen import FrozenEstimator
+
+    clf = EarlyExitClassMeans(stages=FrozenEstimator(small), random_state=0).fit(X, y)
+    assert clf.classes_.tolist() == list(range(10))  # classes 5..9 are never the base's answer
+    assert set(np.unique(clf.predict(X))) <= set(range(5))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: EarlyExitClassMeans(stages=[StandardScaler(), LogisticRegression(max_iter=200)]),
+    lambda: FlopBudgetSearchCV(EarlyExitClassMeans(stages=[StandardScaler()]), flops_targets=5),
+])
+def test_negative_sample_weights_are_rejected(make):
+    X, y = load_digits(return_X_y=True)
+    w = np.ones(len(y))
+    w[3] = -1.0
+    with pytest.raises(ValueError, match="[Nn]egative values.*sample_weight"):
+        make().fit(X, y, sample_weight=w)

@@ -192,7 +192,8 @@ def validate_fit_input(est, adapter, X, y, sample_weight):
         check_classification_targets(y)
         check_n_classes(np.unique(y))
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
+                                                 ensure_non_negative=True)
     elif sample_weight is not None:
         raise ValueError("sample_weight is not supported with a DataLoader input.")
     return X, y, sample_weight, streaming

@@ -264,6 +264,31 @@ class SklearnStages(StageAdapter):
             missing = np.setdiff1d(clf_classes, classes)
             if missing.size:
                 raise ValueError(
-                    f"The final classifier predicts classes {missing.tolist()} that are not in "
-                    f"the training labels {np.asarray(classes).tolist()}."
+                    f"The final classifier ({type(self.fitted_steps_[-1]).__name__}) predicts "
+                    f"classes {missing.tolist()[:20]} that are not among the labels given to fit "
+                    f"({np.asarray(classes).tolist()[:20]}); its classes are "
+                    f"{clf_classes.tolist()[:20]}. Fit with the labels the base model was "
+                    "trained on (every class it can predict must be a class of y)."
                 )
+
+    def set_classes(self, classes):
+        """Tell the adapter the estimator's sorted ``classes_``; check the final classifier's.
+
+        Parameters
+        ----------
+        classes : array-like of shape (n_classes,)
+            Sorted class labels of the estimator.
+
+        Returns
+        -------
+        self : SklearnStages
+
+        Raises
+        ------
+        ValueError
+            When the final classifier can predict a class that is not in ``classes``
+            (e.g. labels shifted or renamed since the base model was trained).
+        """
+        super().set_classes(classes)
+        self.check_classes(self.classes_)
+        return self
