@@ -18,6 +18,7 @@ from ._fitting.inputs import (
     resolve_stage_costs,
     take_rows,
     validate_fit_input,
+    warn_if_base_at_chance,
 )
 from ._fitting.passes import (
     ClassMeansData,
@@ -324,6 +325,7 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         if self.metric == "mahalanobis":
             check_covariance_size(adapter, self.max_covariance_bytes)
         fit = fit_class_means(data, self._class_means_params(data.cache_ok))
+        warn_if_base_at_chance(adapter, fit.correct[:, -1], fit.label_idx, fit.tune_weights)
         self._fit_times = dict(fit.times)
         self.classes_ = fit.classes
         if fit.shrinkage is not None:

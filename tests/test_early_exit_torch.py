@@ -352,3 +352,13 @@ def test_shared_search_in_threads_leaves_the_network_mode_alone(net, data):
         assert all(m.training for m in s2.best_estimator_.stages.modules())
     finally:
         net.train(was_training)
+
+
+def test_labels_in_another_order_than_the_network_outputs_warn(stages, data):
+    Xtr, ytr, _, _ = data
+    perm = np.array([3, 7, 1, 9, 0, 5, 2, 8, 6, 4])  # the user's names of the network's outputs
+    with pytest.warns(UserWarning, match=r"k-th sorted label"):
+        EarlyExitClassMeans(stages=stages, random_state=0).fit(Xtr, perm[ytr])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the right order: no warning
+        EarlyExitClassMeans(stages=stages, random_state=0).fit(Xtr, ytr)

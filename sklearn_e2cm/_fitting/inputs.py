@@ -27,6 +27,7 @@ __all__ = [
     "check_n_classes",
     "fit_adapter",
     "copy_input_attributes",
+    "warn_if_base_at_chance",
     "INPUT_ATTRIBUTES",
 ]
 
@@ -353,6 +354,40 @@ def warn_final_width(adapter, n_classes, final_classifier):
             "class mean. Pass final_classifier=False to silence this, or check the labels.",
             UserWarning, stacklevel=4,
         )
+
+
+def warn_if_base_at_chance(adapter, correct_last, y_idx, sample_weight=None):
+    """Warn when a network's own predictions agree with the labels no better than chance.
+
+    A network's output ``k`` is read as the ``k``-th sorted label
+    (``classes_[k]``): labels in another order (strings sorted differently
+    from the network's classes, shifted integers) make the base model look
+    wrong on every row, and every exit learns from a wrong reference.
+
+    Parameters
+    ----------
+    adapter : StageAdapter
+        Checked only for torch stages ending in a classifier (scikit-learn
+        classifiers carry their labels).
+    correct_last : ndarray of bool, shape (n,)
+        Whether the base model's prediction equals the label, per tuning row.
+    y_idx : ndarray of int, shape (n,)
+        Class index of every tuning row.
+    sample_weight : ndarray or None
+    """
+    if adapter.backend != "torch" or not adapter.final_is_classifier or not len(y_idx):
+        return
+    w = np.ones(len(y_idx)) if sample_weight is None else np.asarray(sample_weight, float)
+    if not w.sum() > 0:
+        return
+    agree = float(w @ correct_last) / w.sum()
+    chance = float(np.bincount(y_idx, weights=w).max()) / w.sum()  # always the majority class
+    if agree <= chance + 0.02:
+        warnings.warn(
+            f"The network's own predictions agree with y on {agree:.3f} of the tuning rows, no "
+            f"better than always predicting the majority class ({chance:.3f}). Output k of the "
+            "network is read as the k-th sorted label (classes_[k]): check that the labels are "
+            "in that order.", UserWarning, stacklevel=4)
 
 
 def copy_input_attributes(src, dst):

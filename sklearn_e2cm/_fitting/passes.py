@@ -182,6 +182,8 @@ class ClassMeansFit:
         Exit confidence and predicted class index of every tuning row at
         every stage (the base model's at the end of a classifier chain).
     correct : ndarray of bool, shape (n_tune, n_stages)
+    label_idx : ndarray of int, shape (n_tune,)
+        Class index of the label of every tuning row.
     tune_weights : ndarray or None
     shrinkage : list of float or None
         Covariance shrinkage used per stage (whitened metric).
@@ -195,6 +197,7 @@ class ClassMeansFit:
     conf: np.ndarray
     pred: np.ndarray
     correct: np.ndarray
+    label_idx: np.ndarray = None
     tune_weights: object = None
     shrinkage: object = None
     times: dict = field(default_factory=dict)
@@ -487,4 +490,4 @@ def fit_class_means(data, params):
     if final_idx is not None:
         pred[:, -1] = final_idx
     return ClassMeansFit(classes, means, heads, conf, pred, pred == y_tune_idx[:, None],
-                         w_tune, shrinkage, times)
+                         y_tune_idx, w_tune, shrinkage, times)
