@@ -204,6 +204,8 @@ def sklearn_flops(estimator, n_features_in, name=None):
     """
     if estimator is None or (isinstance(estimator, str) and estimator == "passthrough"):
         return 0.0
+    if type(estimator).__name__ == "FrozenEstimator":  # costs what the step inside costs
+        return sklearn_flops(estimator.estimator, n_features_in, name=name)
     if hasattr(estimator, "steps"):  # a Pipeline inside a stage: sum of its steps
         total, d = 0.0, n_features_in
         for step_name, step in estimator.steps:
@@ -227,6 +229,8 @@ def sklearn_flops(estimator, n_features_in, name=None):
 def _output_width(step, n_in):
     if step is None or (isinstance(step, str) and step == "passthrough"):
         return n_in
+    if type(step).__name__ == "FrozenEstimator":
+        return _output_width(step.estimator, n_in)
     for attr in ("n_components_", "n_output_features_"):
         v = getattr(step, attr, None)
         if isinstance(v, numbers.Integral):

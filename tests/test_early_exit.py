@@ -384,3 +384,17 @@ def test_negative_sample_weights_are_rejected(make):
     w[3] = -1.0
     with pytest.raises(ValueError, match="[Nn]egative values.*sample_weight"):
         make().fit(X, y, sample_weight=w)
+
+
+def test_frozen_steps_cost_what_the_step_inside_costs():
+    from sklearn.frozen import FrozenEstimator
+
+    from sklearn_e2cm._flops import sklearn_flops
+
+    X, y = load_digits(return_X_y=True)
+    pca = PCA(10, random_state=0).fit(X)
+    lr = LogisticRegression(max_iter=2000).fit(pca.transform(X), y)
+    assert sklearn_flops(FrozenEstimator(pca), 64) == sklearn_flops(pca, 64)
+    plain = EarlyExitClassMeans(stages=[pca, lr]).fit(X, y)
+    frozen = EarlyExitClassMeans(stages=[FrozenEstimator(pca), FrozenEstimator(lr)]).fit(X, y)
+    np.testing.assert_allclose(frozen.stage_flops_, plain.stage_flops_, rtol=0, atol=0)
