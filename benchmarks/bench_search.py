@@ -43,6 +43,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from sklearn_e2cm import EarlyExitClassMeans, FlopBudgetSearchCV  # noqa: E402
 from sklearn_e2cm._thresholds import ExitTable, sweep, time_sharing, upper_hull  # noqa: E402
+from sklearn_e2cm._exit_estimator import tuning_table_of  # noqa: E402
 from sklearn_e2cm.search import DEFAULT_METHOD  # noqa: E402
 
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -224,7 +225,7 @@ def chain_fashion():
 
 def tables(net, X_tune, y_tune, X_test, y_test):
     est = EarlyExitClassMeans(stages=FrozenEstimator(net), random_state=0).fit(X_tune, y_tune)
-    return est._tuning_table, est.exit_table(X_test, y_test)
+    return tuning_table_of(est), est.exit_table(X_test, y_test)
 
 
 def fashion_data(n_base=20000, n_search=15000):

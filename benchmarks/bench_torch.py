@@ -95,6 +95,7 @@ def main():
     import torch
 
     from sklearn_e2cm import EarlyExitClassMeans
+    from sklearn_e2cm._exit_estimator import tuning_table_of
     from sklearn_e2cm._thresholds import sweep
     from sklearn_e2cm.stages import split_into_stages
 
@@ -118,7 +119,7 @@ def main():
     t_fwd_after, _ = plain_forward(net, Xtr, bs)
     t_fwd_train = 0.5 * (t_fwd_before + t_fwd_after)
 
-    table = e2cm._tuning_table
+    table = tuning_table_of(e2cm)
     t0 = time.perf_counter()
     sweep(table, np.linspace(0, 1, 1001)[1:], random_state=0)
     t_sweep = time.perf_counter() - t0
