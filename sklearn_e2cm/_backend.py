@@ -26,6 +26,7 @@ __all__ = [
     "as_float_tensor",
     "resolve_device",
     "progress",
+    "warn",
 ]
 
 #: What to tell a user whose environment has no torch.
@@ -260,3 +261,27 @@ def progress(iterable, verbose, desc, total=None):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+#: Modules whose frames a warning skips to reach the caller's line.
+_INTERNAL = ("sklearn_e2cm", "sklearn.", "joblib", "contextlib", "functools")
+
+
+def warn(message, category=UserWarning):
+    """``warnings.warn`` pointing at the first frame outside this package (the caller's line).
+
+    Frames of the package and of the libraries that wrap its methods
+    (scikit-learn's validation decorators, joblib) are skipped, so the warning
+    names the user's ``fit`` or ``predict`` call, not a line in here.
+
+    Parameters
+    ----------
+    message : str
+    category : type of Warning, default=UserWarning
+    """
+    import warnings
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)

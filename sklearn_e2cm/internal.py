@@ -39,14 +39,13 @@ inference uses the same router with compaction.
 
 import numbers
 import time
-import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._backend import as_backend, softmax, to_numpy
+from ._backend import as_backend, softmax, to_numpy, warn
 from ._exit_estimator import EarlyExitBase
 from ._fitting.inputs import (
     LabelIndex,
@@ -485,8 +484,8 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
         ic_acc = self.train_accuracy_[:self._n_ics(grouped)]
         K = len(self.classes_)
         if self.flops_target is not None and ic_acc.size and np.all(ic_acc < 1.0 / K + 0.05):
-            warnings.warn(
+            warn(
                 "The internal classifiers are barely better than chance on the tuning data "
                 f"(accuracy {np.round(ic_acc, 3).tolist()}); train them for "
-                "more epochs or with another learning_rate.", UserWarning, stacklevel=3)
+                "more epochs or with another learning_rate.")
         return conf, correct, w_tune

@@ -29,7 +29,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, indexable
 
-from ._backend import progress
+from ._backend import progress, warn
 from ._exit_estimator import serve_from_sweep, sweep_seed_of
 from ._search_folds import (
     evaluation_table,
@@ -577,12 +577,9 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         else:
             ok = np.ones(P, bool) if self.budget is None else costs <= self.budget + 1e-9
             if not ok.any():
-                warnings.warn(
+                warn(
                     f"No FLOP target meets budget={self.budget:g}: the cheapest mean cost is "
-                    f"{costs.min():.4f}. Selecting the cheapest target.",
-                    UserWarning,
-                    stacklevel=3,
-                )
+                    f"{costs.min():.4f}. Selecting the cheapest target.")
                 ok = costs <= costs.min() + 1e-12
             cand = np.flatnonzero(ok)
             best = scores[cand].max()

@@ -398,3 +398,15 @@ def test_frozen_steps_cost_what_the_step_inside_costs():
     plain = EarlyExitClassMeans(stages=[pca, lr]).fit(X, y)
     frozen = EarlyExitClassMeans(stages=[FrozenEstimator(pca), FrozenEstimator(lr)]).fit(X, y)
     np.testing.assert_allclose(frozen.stage_flops_, plain.stage_flops_, rtol=0, atol=0)
+
+
+def test_warnings_point_at_the_callers_line():
+    X, y = load_digits(return_X_y=True)
+    clf = EarlyExitClassMeans(stages=[StandardScaler(), PCA(8, random_state=0),
+                                      LogisticRegression(max_iter=500)], random_state=0)
+    with pytest.warns(UserWarning, match="below the cheapest reachable cost") as record:
+        clf.set_params(flops_target=0.01).fit(X, y)
+    assert record[0].filename == __file__
+    with pytest.warns(UserWarning, match="below the cheapest reachable cost") as record:
+        clf.set_operating_point(flops_target=0.01)
+    assert record[0].filename == __file__

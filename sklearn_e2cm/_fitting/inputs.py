@@ -8,12 +8,13 @@ functions; none of them reaches into another estimator.
 
 import numbers
 import sys
-import warnings
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, validate_data
+
+from .._backend import warn
 
 __all__ = [
     "LabelIndex",
@@ -348,12 +349,10 @@ def warn_final_width(adapter, n_classes, final_classifier):
     """Warn when the last stage's width differs from the number of classes."""
     width = adapter.n_outputs_
     if final_classifier == "auto" and width is not None and width != n_classes:
-        warnings.warn(
+        warn(
             f"The last stage outputs {width} scores but y has {n_classes} classes, so it is "
             "not used as the base model's classifier: the last stage decides by nearest "
-            "class mean. Pass final_classifier=False to silence this, or check the labels.",
-            UserWarning, stacklevel=4,
-        )
+            "class mean. Pass final_classifier=False to silence this, or check the labels.")
 
 
 def warn_if_base_at_chance(adapter, correct_last, y_idx, sample_weight=None):
@@ -383,11 +382,11 @@ def warn_if_base_at_chance(adapter, correct_last, y_idx, sample_weight=None):
     agree = float(w @ correct_last) / w.sum()
     chance = float(np.bincount(y_idx, weights=w).max()) / w.sum()  # always the majority class
     if agree <= chance + 0.02:
-        warnings.warn(
+        warn(
             f"The network's own predictions agree with y on {agree:.3f} of the tuning rows, no "
             f"better than always predicting the majority class ({chance:.3f}). Output k of the "
             "network is read as the k-th sorted label (classes_[k]): check that the labels are "
-            "in that order.", UserWarning, stacklevel=4)
+            "in that order.")
 
 
 def copy_input_attributes(src, dst):

@@ -10,10 +10,9 @@ This module reads exit tables only through their public members and does
 not import :mod:`.table`.
 """
 
-import warnings
-
 import numpy as np
 
+from .._backend import warn
 from .._hashing import assign_rows
 
 __all__ = [
@@ -279,11 +278,8 @@ def warn_unreachable(target, reachable, what="flops_target"):
     Returns
     -------
     None
-        A :class:`UserWarning` is issued, attributed to the caller's caller.
+        A :class:`UserWarning` is issued, attributed to the user's call (the first
+        frame outside the package).
     """
-    warnings.warn(
-        f"{what}={target:g} is below the cheapest reachable cost {reachable:.4f}; "
-        "using the cheapest operating point.",
-        UserWarning,
-        stacklevel=3,
-    )
+    warn(f"{what}={target:g} is below the cheapest reachable cost {reachable:.4f}; "
+         "using the cheapest operating point.")
