@@ -19,7 +19,7 @@ from ._memory import HeapGuard
 __all__ = ["RoutingResult", "route", "decide", "iter_stages", "batch_uniforms"]
 
 
-@dataclass
+@dataclass(repr=False)
 class RoutingResult:
     """Result of one routed pass.
 
@@ -46,6 +46,14 @@ class RoutingResult:
 
     def __len__(self):
         return self.y_pred.shape[0]
+
+    def __repr__(self):
+        n = len(self)
+        if not n:
+            return "RoutingResult(n_samples=0)"
+        counts = np.bincount(self.exit_stage).tolist()
+        return (f"RoutingResult(n_samples={n}, mean_flops={float(self.flops.mean()):.4f}, "
+                f"exits_per_stage={counts})")
 
     def to_frame(self):
         """The per-sample results as a pandas DataFrame.

@@ -410,3 +410,17 @@ def test_warnings_point_at_the_callers_line():
     with pytest.warns(UserWarning, match="below the cheapest reachable cost") as record:
         clf.set_operating_point(flops_target=0.01)
     assert record[0].filename == __file__
+
+
+def test_results_and_tables_print_a_summary():
+    X, y = load_digits(return_X_y=True)
+    clf = EarlyExitClassMeans(stages=[StandardScaler(), Nystroem(n_components=200, random_state=0),
+                                      LogisticRegression(max_iter=500)],
+                              flops_target=0.5, random_state=0).fit(X, y)
+    r = clf.route(X)
+    text = repr(r)
+    assert text.startswith("RoutingResult(n_samples=1797, mean_flops=")
+    assert f"exits_per_stage={np.bincount(r.exit_stage).tolist()}" in text
+    assert len(text) < 200  # a summary, not the arrays
+    t = repr(clf.exit_table(X, y))
+    assert t.startswith("ExitTable(n_samples=1797, n_stages=3, base_cost=") and len(t) < 200

@@ -201,6 +201,12 @@ class ExitTable:
         self._correct_codes = (correct.astype(np.int64) * bits[None, :]).sum(axis=1)
 
     # -- shapes and plain views ---------------------------------------------------------
+    def __repr__(self):
+        c, s = self.evaluate(np.ones(self.n_stages - 1))
+        return (f"ExitTable(n_samples={self.n_samples}, n_stages={self.n_stages}, "
+                f"base_cost={c:.4f}, base_score={s:.4f}, "
+                f"weighted={self.weights is not None})")
+
     @property
     def n_stages(self):
         """Number of stages ``M``, the last one included."""
