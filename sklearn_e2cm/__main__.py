@@ -65,12 +65,38 @@ def demo(targets=(0.2, 0.3, 0.4, 0.5, 0.7, 1.0), random_state=0, out=sys.stdout)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m sklearn_e2cm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="accuracy-FLOPs table on load_digits")
-    d.add_argument("--targets", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
-    d.add_argument("--random-state", type=int, default=0)
+    """Entry point of ``sklearn-e2cm`` and ``python -m sklearn_e2cm``.
+
+    Parameters
+    ----------
+    argv : list of str, default=None
+        Arguments (``sys.argv[1:]`` when None).
+
+    Returns
+    -------
+    status : int
+        0 on success.
+    """
+    from . import __version__
+
+    prog = "sklearn-e2cm" if sys.argv and sys.argv[0].endswith("sklearn-e2cm") \
+        else "python -m sklearn_e2cm"
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Early Exit Class Means (E2CM): early exits for trained models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    d = sub.add_parser(
+        "demo", help="accuracy-FLOPs table on the digits data bundled with scikit-learn",
+        description="Fit E2CM on a scikit-learn chain (scaling, PCA, Nystroem kernel map, "
+                    "logistic regression) on the digits data and print the accuracy-FLOPs "
+                    "table of the early-exit cascade against the full chain on a test split.")
+    d.add_argument("--targets", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.7, 1.0],
+                   metavar="PHI", help="FLOP targets in (0, 1], the full chain costing 1 "
+                                       "(default: %(default)s)")
+    d.add_argument("--random-state", type=int, default=0, metavar="SEED",
+                   help="seed of the split, the chain and the threshold search "
+                        "(default: %(default)s)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo(tuple(args.targets), args.random_state)

@@ -24,3 +24,16 @@ def test_main_rejects_an_unknown_command(capsys):
     with pytest.raises(SystemExit):
         main(["nope"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_help_and_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    from sklearn_e2cm import __version__
+
+    assert __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = capsys.readouterr().out
+    assert "--targets PHI" in text and "``" not in text
