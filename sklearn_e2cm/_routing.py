@@ -116,10 +116,15 @@ def decide(adapter, head, F):
         ``conf > T``): the head's own, or the largest probability (eq. 6),
         on the host.
     """
+    P, idx, conf = _decide_in_place(head, F)
+    return P, to_numpy(idx).astype(np.intp), to_numpy(conf)
+
+
+def _decide_in_place(head, F):
+    """``(P, idx, conf)`` of a head on a batch, all where the batch is (no transfer)."""
     P, conf = head.decide(F)
     idx, pmax = _argmax_max(P)
-    conf = pmax if conf is None else conf
-    return P, to_numpy(idx).astype(np.intp), to_numpy(conf)
+    return P, idx, (pmax if conf is None else conf)
 
 
 class _Batch:
@@ -282,9 +287,7 @@ def _route_batch(adapter, heads, thresholds, weights, active, Xb, seed, return_p
         Z = adapter.run_stage(j, Z)
         if not last and not active[j]:
             continue
-        P, conf = heads[j].decide(adapter.stage_vector(j, Z))
-        idx, pmax = _argmax_max(P)
-        conf = pmax if conf is None else conf
+        P, idx, conf = _decide_in_place(heads[j], adapter.stage_vector(j, Z))
         if last:
             b.leave(b.alive, idx, P, j)
             break

@@ -10,13 +10,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ._exit_estimator import EarlyExitBase
 from ._fitting.inputs import (
     LabelIndex,
-    calibration_split,
+    calibration_rows,
     check_n_classes,
     copy_input_attributes,
     fit_adapter,
     n_rows_of,
     resolve_stage_costs,
-    take_rows,
     validate_fit_input,
     warn_if_base_at_chance,
 )
@@ -296,14 +295,9 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         adapter = self._make_adapter()
         rng = check_random_state(self.random_state)
         X, y, sample_weight, streaming = validate_fit_input(self, adapter, X, y, sample_weight)
-        fit_idx, tune_idx = calibration_split(y, self.calibration, rng, streaming)
-        X_fit, y_fit, w_fit = X, y, sample_weight
-        X_tune = y_tune = w_tune = None
-        if tune_idx is not None:
-            X_fit, y_fit = take_rows(X, fit_idx), y[fit_idx]
-            X_tune, y_tune = take_rows(X, tune_idx), y[tune_idx]
-            if sample_weight is not None:
-                w_fit, w_tune = sample_weight[fit_idx], sample_weight[tune_idx]
+        (X_fit, y_fit, w_fit), tune_rows = calibration_rows(X, y, sample_weight,
+                                                             self.calibration, rng, streaming)
+        X_tune, y_tune, w_tune = tune_rows or (None, None, None)
         labels = LabelIndex(None if streaming else np.unique(y))
         fit_adapter(self, adapter, X_fit, y_fit, w_fit, labels, streaming, self.final_classifier)
         data = ClassMeansData(
@@ -406,16 +400,13 @@ def fit_on_shared_rows(est, shared, rows):
         )
     check_n_classes(classes)
     rng = check_random_state(est.random_state)
-    fit_idx, tune_idx = calibration_split(y, est.calibration, rng, False)
-    fit_rows, y_fit, w_fit = rows, y, w
+    (fit_rows, y_fit, w_fit), tune_rows = calibration_rows(rows, y, w, est.calibration, rng,
+                                                           False)
     data = ClassMeansData(adapter=shared.adapter, labels=LabelIndex(classes), fit_source=None,
                           context=shared.context, cache_ok=False)
-    if tune_idx is not None:
-        fit_rows, y_fit = rows[fit_idx], y[fit_idx]
-        data.y_tune = y[tune_idx]
-        if w is not None:
-            w_fit, data.w_tune = w[fit_idx], w[tune_idx]
-        data.tune_source = shared.source(rows[tune_idx], None, est.batch_size)
+    if tune_rows is not None:
+        tune_at, data.y_tune, data.w_tune = tune_rows
+        data.tune_source = shared.source(tune_at, None, est.batch_size)
     copy_input_attributes(shared, est)
     data.fit_source = shared.source(fit_rows, y_fit, est.batch_size)
     data.fit_weights, data.n_fit = w_fit, len(fit_rows)

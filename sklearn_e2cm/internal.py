@@ -49,7 +49,7 @@ from ._backend import as_backend, softmax, to_numpy, warn
 from ._exit_estimator import EarlyExitBase
 from ._fitting.inputs import (
     LabelIndex,
-    calibration_split,
+    calibration_rows,
     fit_adapter,
     resolve_stage_costs,
     take_rows,
@@ -335,14 +335,8 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
                 f"method='bwds' exits by its decision functions; criterion={self.criterion!r} "
                 "applies to 'sdn' and 'branchynet' only (leave it None)."
             )
-        fit_idx, tune_idx = calibration_split(y, self.calibration, rng, False)
-        fit_rows = (X, y, sample_weight)
-        tune_rows = fit_rows
-        if tune_idx is not None:
-            fit_rows = (take_rows(X, fit_idx), y[fit_idx],
-                        None if sample_weight is None else sample_weight[fit_idx])
-            tune_rows = (take_rows(X, tune_idx), y[tune_idx],
-                         None if sample_weight is None else sample_weight[tune_idx])
+        fit_rows, tune_rows = calibration_rows(X, y, sample_weight, self.calibration, rng, False)
+        tune_rows = tune_rows or fit_rows
         classes = np.unique(y)
         fit_adapter(self, base, *fit_rows, LabelIndex(classes), False, self.final_classifier)
         self.classes_ = classes

@@ -1,6 +1,7 @@
 """Routing on the stages' device: hashing where the rows are, few host transfers per batch,
 the same predictions on any device, and safe concurrent activation."""
 
+import copy
 import threading
 
 import numpy as np
@@ -115,9 +116,7 @@ def test_routing_a_tensor_equals_routing_the_array(fitted):
 def test_routing_on_cuda_equals_cpu(fitted):
     est, X = fitted
     cpu = est.route(X)
-    gpu_est = est.__class__(**dict(est.get_params(), device="cuda"))
-    gpu_est.__dict__.update({k: v for k, v in est.__dict__.items() if k.endswith("_")
-                             or k.startswith("_")})
+    gpu_est = copy.deepcopy(est)  # its own adapter and network: the fixture stays on the CPU
     gpu_est._adapter.device, gpu_est._adapter.device_ = "cuda", torch.device("cuda")
     gpu = gpu_est.route(torch.from_numpy(X).cuda())
     np.testing.assert_array_equal(cpu.component, gpu.component)

@@ -22,6 +22,7 @@ __all__ = [
     "validate_predict_input",
     "check_torch_input",
     "calibration_split",
+    "calibration_rows",
     "take_rows",
     "n_rows_of",
     "resolve_stage_costs",
@@ -254,6 +255,32 @@ def calibration_split(y, calibration, rng, streaming):
             f"calibration={calibration!r} cannot hold out a stratified tuning set "
             f"from {len(y)} samples: {exc}"
         ) from exc
+
+
+def calibration_rows(X, y, sample_weight, calibration, rng, streaming):
+    """The fit rows and the held-out tuning rows of a calibration split.
+
+    Parameters
+    ----------
+    X, y, sample_weight : validated fit input (``X`` may be row indices)
+    calibration : None, float in (0, 1) or int
+    rng : RandomState
+    streaming : bool
+
+    Returns
+    -------
+    fit_rows : tuple ``(X, y, sample_weight)``
+    tune_rows : tuple ``(X, y, sample_weight)`` or None
+        ``None`` without calibration (the thresholds are tuned on the fit rows).
+    """
+    fit_idx, tune_idx = calibration_split(y, calibration, rng, streaming)
+    if tune_idx is None:
+        return (X, y, sample_weight), None
+
+    def part(idx):
+        return take_rows(X, idx), y[idx], None if sample_weight is None else sample_weight[idx]
+
+    return part(fit_idx), part(tune_idx)
 
 
 def take_rows(X, idx):

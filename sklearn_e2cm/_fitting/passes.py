@@ -23,6 +23,7 @@ from .._backend import concat, is_torch, progress, softmax, to_numpy
 from ..exits.class_means import ClassStatsAccumulator, ExitHead, normalized_head, whitened_head
 from .._memory import HeapGuard
 from .._routing import iter_stages
+from .inputs import check_n_classes
 
 __all__ = [
     "forward_source",
@@ -361,8 +362,6 @@ def _sorted_means(stats, labels, data):
     classes, order = labels.sorted_order()
     adapter = data.adapter
     if data.streaming:
-        from .inputs import check_n_classes
-
         final_before = adapter.final_is_classifier
         check_n_classes(classes)
         adapter.set_classes(classes)
