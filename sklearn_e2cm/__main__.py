@@ -51,15 +51,16 @@ def demo(targets=(0.2, 0.3, 0.4, 0.5, 0.7, 1.0), random_state=0, out=sys.stdout)
             "exits_per_stage": "/".join(map(str, r.exit_counts(clf.n_stages_))),
         })
     table = pd.DataFrame(rows)
-    top = float(clf.tradeoff_.loc[clf.tradeoff_["on_hull"], "flops"].max())
+    hull = clf.tradeoff_[clf.tradeoff_["on_hull"]]
+    top = float(hull["flops"].to_numpy()[int(np.argmax(hull["accuracy"].to_numpy()))])
     print("E2CM on load_digits: StandardScaler -> PCA(32) -> Nystroem(500) -> "
           "LogisticRegression", file=out)
     print(f"train {len(y_tr)} / test {len(y_te)} samples; FLOPs normalised to the full chain "
           f"({clf.stage_flops_.sum():.0f} FLOPs per sample)", file=out)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=out)
     if any(t > top + 1e-9 for t in targets):
-        print(f"(the trade-off curve tops out at {top:.3f} FLOPs on the training data: larger "
-              "targets are served by its best point)", file=out)
+        print(f"(accuracy on the training data stops rising at {top:.3f} FLOPs: larger targets "
+              "mix in the full chain, so that the budget asked for is what is spent)", file=out)
     print(f"({time.perf_counter() - t0:.1f} s)", file=out)
     return table
 

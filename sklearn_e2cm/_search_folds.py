@@ -27,7 +27,7 @@ from ._thresholds import (
     mixture_values,
     sweep_with_extremes,
     time_sharing,
-    upper_hull,
+    served_hull,
 )
 from .early_exit import fit_on_shared_rows
 
@@ -83,12 +83,13 @@ def serve_targets(hull_costs, targets):
     return [time_sharing(hull_costs, t) for t in targets]
 
 
-def operating_points(c, s, targets, points):
+def operating_points(c, s, T, targets, points):
     """``(rows, mixtures)``: the swept rows each target is served from.
 
     ``points=False`` (the estimator's ``threshold_search="hull"`` or
-    ``"coordinate"``): the rows of the upper concave hull, each target served
-    by time sharing between two of them. ``points=True``
+    ``"bisect-hull"``): the rows of the served hull (the upper concave hull
+    and the base model, :func:`~sklearn_e2cm._thresholds.served_hull`), each
+    target served by time sharing between two of them. ``points=True``
     (``threshold_search="bisect"``, whose fit runs the search at its target
     only): the sweep ran on ``targets`` themselves, and target ``p`` is served
     by its own row ``p``. ``mixtures`` index into ``rows``.
@@ -96,7 +97,7 @@ def operating_points(c, s, targets, points):
     if points:
         P = len(targets)
         return np.arange(P), [(np.array([p]), np.array([1.0])) for p in range(P)]
-    rows = upper_hull(c, s)
+    rows = served_hull(c, s, T)
     return rows, serve_targets(c[rows], targets)
 
 
@@ -149,7 +150,7 @@ def run_fold(estimator, X, y, w, train, test, targets, method, scoring, seed, re
     seed = sweep_seed_of(est, seed)
     tg, T, c, s = scored_sweep(tune, tuning_grid(est, targets, points), method, seed,
                                 scoring, y_tr, w_tr)
-    hull, mixtures = operating_points(c, s, targets, points)
+    hull, mixtures = operating_points(c, s, T, targets, points)
     fit_time = time.perf_counter() - t0
     t0 = time.perf_counter()
     held = evaluation_table(est, X_te, y_te, w_te, scoring, shared)

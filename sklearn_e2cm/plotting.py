@@ -223,8 +223,10 @@ class TradeoffDisplay:
             (self.operating_point_,) = ax.plot([self.operating_flops], [self.operating_score],
                                                **ok)
         if show_base and self.base_flops is not None:
+            # one legend entry for the base model when several models share the axes
+            drawn = {ln.get_label() for ln in ax.get_lines()}
             bk = {"marker": "*", "markersize": 12, "linestyle": "none", "color": "black",
-                  "label": "base model"}
+                  "label": "_base model" if "base model" in drawn else "base model"}
             bk.update(base_kwargs or {})
             (self.base_,) = ax.plot([self.base_flops], [self.base_score], **bk)
         for other in self.comparisons:
@@ -260,7 +262,7 @@ class TradeoffDisplay:
         *,
         scoring=None,
         flops_targets=1000,
-        method="bisect",
+        method="coordinate",
         tune="auto",
         sample_weight=None,
         random_state=None,
@@ -287,8 +289,10 @@ class TradeoffDisplay:
             accuracy with ``y`` (classifiers), agreement without.
         flops_targets : int or array-like, default=1000
             Targets swept when the thresholds are tuned on ``X``.
-        method : {"bisect", "coordinate"}, default="bisect"
-            Threshold search when the thresholds are tuned on ``X``.
+        method : {"coordinate", "bisect"}, default="coordinate"
+            Threshold search when the thresholds are tuned on ``X``: the
+            coordinate-ascent path (what ``threshold_search="hull"`` uses) or
+            the paper's bisection at every target.
         tune : {"auto", "estimator", "data"}, default="auto"
             Where the plotted threshold vectors come from. ``"estimator"``:
             the vectors the estimator swept while fitting

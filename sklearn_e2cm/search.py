@@ -30,7 +30,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, indexable
 
 from ._backend import progress, warn
-from ._exit_estimator import serve_from_sweep, sweep_seed_of
+from ._exit_estimator import serve_from_sweep, sweep_seed_of, transactional
 from ._search_folds import (
     evaluation_table,
     fit_estimator,
@@ -44,7 +44,7 @@ from ._search_folds import (
     tuning_table,
 )
 from ._scoring import check_targets, resolve_scoring
-from ._thresholds import SEARCH_METHODS, mixture_values, upper_hull
+from ._thresholds import SEARCH_METHODS, mixture_values, served_hull, upper_hull
 from .early_exit import EarlyExitClassMeans, fit_on_shared_rows, share_stage_outputs
 
 __all__ = ["FlopBudgetSearchCV"]
@@ -55,7 +55,7 @@ __all__ = ["FlopBudgetSearchCV"]
 #: ``benchmarks/results/search.md``), so by the rule "the stronger optimiser
 #: becomes the default only if its held-out hull is at least as good
 #: everywhere" the paper's bisection stays the default.
-DEFAULT_METHOD = "bisect"
+DEFAULT_METHOD = "coordinate"
 
 
 class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
@@ -114,11 +114,12 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         :attr:`cv_results_` and returns the index of the chosen row.
     method : {"bisect", "coordinate"} or None, default=None
         Threshold search (see :func:`sklearn_e2cm._thresholds.sweep`):
-        ``"bisect"`` is the paper's random start and alternating bisection
-        per target; ``"coordinate"`` is exact coordinate ascent on
-        ``score - λ·cost`` along a path of ``λ``. ``None``: the estimator's
-        own (``"coordinate"`` when its ``threshold_search="coordinate"``,
-        else ``"bisect"``); the refitted estimator searches the same way.
+        ``"coordinate"`` is exact coordinate ascent on ``score - λ·cost``
+        along a path of ``λ``; ``"bisect"`` is the paper's random start and
+        alternating bisection per target. ``None``: the estimator's own
+        (``"bisect"`` when its ``threshold_search`` is ``"bisect-hull"`` or
+        ``"bisect"``, else ``"coordinate"``); the refitted estimator searches
+        the same way.
     refit : bool, default=True
         Fit :attr:`best_estimator_` on the whole data with the selected
         operating point. It is tuned on the whole data's tuning table with
@@ -304,6 +305,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         return tags
 
     # ------------------------------------------------------------------- fit
+    @transactional
     @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y=None, *, groups=None, sample_weight=None):
         """Fit the class means per fold and sweep every FLOP target.
@@ -357,7 +359,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         points = own == "bisect" and self.method in (None, "bisect")
         if self.method is not None:
             return self.method, points
-        return ("coordinate" if own == "coordinate" else DEFAULT_METHOD), points
+        return ("bisect" if own in ("bisect-hull", "bisect") else DEFAULT_METHOD), points
 
     def _seeded_estimator(self, rng):
         """The estimator, with ``random_state`` fixed from the search's when it is None.
@@ -392,8 +394,8 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         tg, T, c, s = scored_sweep(table, tuning_grid(est, targets, self._serve_own_points),
                                     self.method_, sweep_seed_of(est, seed), scoring, y, w,
                                     progress=self._progress(None, f"{self.method_} search"))
-        served, mixtures = operating_points(c, s, targets, self._serve_own_points)
-        hull = upper_hull(c, s)
+        served, mixtures = operating_points(c, s, T, targets, self._serve_own_points)
+        hull = served_hull(c, s, T)
         fit_time = time.perf_counter() - t0
         M1 = table.n_stages - 1
         self.base_flops_, base_s = table.evaluate(np.ones(M1))
@@ -494,7 +496,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
                 front["thresholds"] = [T[r][None, :] for r in front_rows]
                 front["weights"] = [np.array([1.0]) for _ in front_rows]
             else:
-                hull = upper_hull(c, s)
+                hull = served_hull(c, s, T)
                 mix = serve_targets(c[hull], front["flops_target"].to_numpy())
                 front["thresholds"] = [T[hull[v]] for v, _ in mix]
                 front["weights"] = [wv for _, wv in mix]
@@ -553,7 +555,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             new["thresholds"] = None
         if "threshold_search" in params and not self._serve_own_points:
             # refits then search the same way (a single-target search keeps its own)
-            new["threshold_search"] = "coordinate" if self.method_ == "coordinate" else "hull"
+            new["threshold_search"] = "hull" if self.method_ == "coordinate" else "bisect-hull"
         est.set_params(**new)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)

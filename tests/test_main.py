@@ -17,7 +17,8 @@ def test_demo_table_and_the_top_of_the_curve():
     e2cm = table[table["model"] == "E2CM"]
     assert abs(e2cm["test_flops"].iloc[0] - 0.3) < 0.05
     assert np.all(e2cm["test_accuracy"] > 0.9)
-    assert "tops out at" in text  # 1.0 is above the curve's last point: said, not hidden
+    assert "stops rising at" in text  # 1.0 is above the curve's best point: said, not hidden
+    assert abs(e2cm["test_flops"].iloc[1] - 1.0) < 0.05  # and the budget is still spent
 
 
 def test_main_rejects_an_unknown_command(capsys):

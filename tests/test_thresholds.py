@@ -295,6 +295,20 @@ def test_coordinate_hull_beats_bisection_hull_on_tuning_data():
     assert np.min(vc - vb) > -0.01
 
 
+@pytest.mark.parametrize("weights", [False, True])
+def test_coordinate_min_gain_auto_is_one_sample_per_6000(weights):
+    table = _table(N=12000, M=4, weights=weights)
+    w = table.weights
+    n_eff = table.n_samples if w is None else 1.0 / float(np.sum(w**2))
+    auto = sweep(table, [0.3, 0.6], method="coordinate", n_lambdas=20)
+    explicit = sweep(table, [0.3, 0.6], method="coordinate", n_lambdas=20,
+                     min_gain=max(1.0, n_eff / 6000))
+    for a, b in zip(auto, explicit):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="min_gain must be a number of samples or 'auto'"):
+        sweep(table, [0.3], method="coordinate", min_gain="big")
+
+
 # ----------------------------------------------------------------------------- hull
 def _check_hull(c, s, h):
     hc, hs = c[h], s[h]

@@ -16,12 +16,12 @@ from .._backend import progress
 from .._thresholds import (
     bisection_search,
     sweep_with_extremes,
+    served_hull,
     time_sharing,
-    upper_hull,
     warn_unreachable,
 )
 
-__all__ = ["OperatingPointSpec", "OperatingPoint", "choose_operating_point"]
+__all__ = ["OperatingPointSpec", "OperatingPoint", "choose_operating_point", "swept_points"]
 
 
 @dataclass
@@ -34,7 +34,10 @@ class OperatingPointSpec:
         Expected normalised cost; ``None``: the base model.
     thresholds : array-like or None
         Explicit thresholds (override the search).
-    threshold_search : {"hull", "coordinate", "bisect"}
+    threshold_search : {"hull", "bisect-hull", "bisect"}
+        ``"hull"``: the hull of the coordinate-ascent path; ``"bisect-hull"``:
+        the hull of the paper's bisection at every target of the grid;
+        ``"bisect"``: the paper's search at the one target.
     n_targets : int
         Size of the swept target grid of the hull searches.
     sweep_seed : int
@@ -108,16 +111,37 @@ def _single_target(table, spec):
     return T[None, :], np.array([1.0]), None, [(target, c, a, T, True)]
 
 
+def swept_points(table, spec):
+    """The threshold vectors a hull operating point is chosen from.
+
+    ``spec.n_targets`` FLOP targets swept on ``table`` with the search
+    ``spec.threshold_search`` names (the coordinate-ascent path for
+    ``"hull"``, the paper's bisection otherwise), plus the two extreme
+    vectors (:func:`~sklearn_e2cm._thresholds.sweep_with_extremes`).
+
+    Parameters
+    ----------
+    table : ExitTable
+    spec : OperatingPointSpec
+
+    Returns
+    -------
+    targets, thresholds, costs, scores : ndarray
+        As :func:`~sklearn_e2cm._thresholds.sweep_with_extremes` returns them.
+    """
+    targets = np.linspace(0, 1, spec.n_targets + 1)[1:]
+    method = "coordinate" if spec.threshold_search == "hull" else "bisect"
+    bar = partial(progress, verbose=spec.verbose, desc="E2CM threshold sweep",
+                  total=len(targets) if method == "bisect" else None)
+    return sweep_with_extremes(table, targets, method=method, random_state=spec.sweep_seed,
+                               progress=bar)
+
+
 def _from_hull(table, spec, swept):
     if swept is None:
-        targets = np.linspace(0, 1, spec.n_targets + 1)[1:]
-        method = "coordinate" if spec.threshold_search == "coordinate" else "bisect"
-        bar = partial(progress, verbose=spec.verbose, desc="E2CM threshold sweep",
-                      total=len(targets) if method == "bisect" else None)
-        swept = sweep_with_extremes(table, targets, method=method,
-                                    random_state=spec.sweep_seed, progress=bar)
+        swept = swept_points(table, spec)
     tg, T, costs, scores = (np.asarray(a) for a in swept)
-    hull = upper_hull(costs, scores)
+    hull = served_hull(costs, scores, T)
     on_hull = np.zeros(costs.shape[0], bool)
     on_hull[hull] = True
     target = float(spec.flops_target)

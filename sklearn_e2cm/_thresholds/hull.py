@@ -17,6 +17,7 @@ from .._hashing import assign_rows
 
 __all__ = [
     "upper_hull",
+    "served_hull",
     "time_sharing",
     "mixture_exits",
     "mixture_values",
@@ -64,6 +65,44 @@ def upper_hull(costs, scores):
     hull = np.asarray(hull, dtype=np.intp)
     best = int(np.argmax(s[hull]))
     return hull[: best + 1]
+
+
+def served_hull(costs, scores, thresholds):
+    """The vertices every FLOP target is served from: the upper hull, then the base model.
+
+    The upper concave hull (:func:`upper_hull`) ends at its best-scoring
+    point. When that point is cheaper than the base model (a row whose
+    thresholds are all 1: every head off), the base model is appended, so
+    that a target above the hull's top is still met by time sharing between
+    the top vertex and the full chain: on the tuning data the top vertex
+    scores at least as well, but its score there is usually optimistic
+    (thresholds tuned on rows the network was trained on), and a budget is
+    what the user asked for.
+
+    Parameters
+    ----------
+    costs, scores : array-like of shape (P,)
+    thresholds : array-like of shape (P, M - 1)
+
+    Returns
+    -------
+    vertices : ndarray of int
+        Indices in increasing cost order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> T = np.array([[0.0], [0.5], [1.0]])
+    >>> served_hull([0.2, 0.5, 1.0], [0.8, 0.9, 0.85], T)
+    array([0, 1, 2])
+    """
+    c = np.asarray(costs, dtype=np.float64)
+    hull = upper_hull(c, scores)
+    T = np.asarray(thresholds, dtype=np.float64)
+    base = np.flatnonzero(np.all(T >= 1.0, axis=1)) if T.ndim == 2 else np.zeros(0, int)
+    if base.size and c[base[0]] > c[hull[-1]] + 1e-12:
+        hull = np.append(hull, base[0])
+    return hull
 
 
 def time_sharing(hull_costs, target):
