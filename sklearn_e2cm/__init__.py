@@ -17,6 +17,8 @@ _LAZY = {
     "DEC": "sklearn_e2cm.cluster",
     "DECEarlyExit": "sklearn_e2cm.cluster",
     "TradeoffDisplay": "sklearn_e2cm.plotting",
+    "save_exits": "sklearn_e2cm.persistence",
+    "load_exits": "sklearn_e2cm.persistence",
 }
 
 __all__ = sorted(_LAZY)

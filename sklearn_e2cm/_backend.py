@@ -26,6 +26,7 @@ __all__ = [
     "as_float_tensor",
     "resolve_device",
     "progress",
+    "LongWorkNotice",
     "warn",
 ]
 
@@ -261,6 +262,50 @@ def progress(iterable, verbose, desc, total=None):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+#: Work run without progress bars that is expected to go on longer than this (seconds)
+#: gets one warning saying how long (:class:`LongWorkNotice`).
+LONG_WORK_SECONDS = 60.0
+
+
+class LongWorkNotice:
+    """One warning when work running without progress bars turns out to be long.
+
+    With ``verbose`` off, :meth:`update` projects the remaining time from the
+    time taken so far; the first time it exceeds :data:`LONG_WORK_SECONDS`,
+    a warning says how long the work will take and how to see its progress.
+
+    Parameters
+    ----------
+    desc : str
+        What runs (e.g. ``"DEC pretraining"``).
+    verbose : bool or int
+        Progress bars are shown: no notice.
+    unit : str, default="epoch"
+        What ``completed`` and ``total`` count.
+    """
+
+    def __init__(self, desc, verbose, unit="epoch"):
+        import time
+
+        self.desc, self.quiet, self.unit = desc, not verbose, unit
+        self._clock = time.perf_counter
+        self._start = self._clock()
+        self.warned = False
+
+    def update(self, completed, total):
+        """Project the remaining time after ``completed`` of ``total`` units."""
+        if not self.quiet or self.warned or completed <= 0 or completed >= total:
+            return
+        elapsed = self._clock() - self._start
+        remaining = elapsed / completed * (total - completed)
+        if remaining > LONG_WORK_SECONDS:
+            self.warned = True
+            left = (f"{remaining / 60:.0f} minutes" if remaining < 5400
+                    else f"{remaining / 3600:.1f} hours")
+            warn(f"{self.desc}: {completed} of {total} {self.unit}s took {elapsed:.0f} s, so "
+                 f"about {left} remain at most. Pass verbose=1 to see progress bars.")
 
 
 #: Modules whose frames a warning skips to reach the caller's line.

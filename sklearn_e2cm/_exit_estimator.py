@@ -13,21 +13,23 @@ the sweep seed, the per-row time-sharing uniforms, and to serve an
 operating point from a sweep they ran.
 """
 
+import functools
 import time
 from functools import partial
 
 import numpy as np
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from ._backend import progress, to_numpy
+from ._backend import progress, to_numpy, warn
 from ._fitting.inputs import validate_predict_input
 from ._fitting.operating_point import OperatingPointSpec, choose_operating_point
 from ._fitting.passes import collect_stage_outputs
 from ._routing import batch_uniforms, decide, iter_stages, route
-from ._thresholds import ExitTable
+from ._thresholds import ExitTable, cumulative_cost
 
 __all__ = [
     "EarlyExitBase",
+    "transactional",
     "tuning_table_of",
     "sweep_seed_of",
     "routing_uniforms",
@@ -36,11 +38,99 @@ __all__ = [
 ]
 
 
+def _snapshot(est):
+    """The estimator's attributes (parameters and fitted state), containers copied one level.
+
+    Fits and operating-point changes rebind attributes; the few dicts and
+    lists they fill in place (``_fit_times``) are copied so that restoring
+    the snapshot restores their content too.
+    """
+    state = dict(vars(est))
+    for key, value in state.items():
+        if type(value) in (dict, list):
+            state[key] = type(value)(value)
+    return state
+
+
+def _restore(est, state):
+    vars(est).clear()
+    vars(est).update(state)
+
+
+def transactional(method):
+    """Make ``method`` all-or-nothing on its estimator.
+
+    The estimator's attributes, parameters and fitted state alike, are
+    snapshotted before the call; when the call raises (any exception, also
+    ``KeyboardInterrupt``), they are put back exactly (the same objects), so
+    a failed ``fit`` or ``set_operating_point`` leaves the estimator as it
+    was: its ``classes_``, ``n_features_in_``, heads and thresholds, and
+    ``get_params()``. A successful call keeps whatever it set.
+
+    Parameters
+    ----------
+    method : callable
+        A method whose first argument is the estimator.
+
+    Returns
+    -------
+    wrapped : callable
+        Same signature and docstring.
+
+    Examples
+    --------
+    >>> class Counter:
+    ...     n = 0
+    ...     @transactional
+    ...     def bump(self, fail):
+    ...         self.n += 1
+    ...         if fail:
+    ...             raise ValueError("no")
+    >>> c = Counter()
+    >>> c.bump(False)
+    >>> try:
+    ...     c.bump(True)
+    ... except ValueError:
+    ...     pass
+    >>> c.n
+    1
+    """
+    if getattr(method, "_e2cm_transactional", False):
+        return method
+
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        state = _snapshot(self)
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:
+            _restore(self, state)
+            raise
+
+    wrapped._e2cm_transactional = True
+    return wrapped
+
+
 class EarlyExitBase:
-    """Cost model, operating point and routed inference of a fitted early-exit estimator."""
+    """Cost model, operating point and routed inference of a fitted early-exit estimator.
+
+    A subclass's ``fit``, ``partial_fit``, ``finalize`` and
+    ``set_operating_point`` are made :func:`transactional` when the class is
+    defined: a call that raises leaves the estimator exactly as it was.
+    """
 
     #: What the tuning table's score measures (names the ``tradeoff_`` score column).
     _score_name = "accuracy"
+
+    #: Methods of every subclass wrapped by :func:`transactional`.
+    _transactional_methods = ("fit", "partial_fit", "set_operating_point", "finalize")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls._transactional_methods:
+            method = cls.__dict__.get(name)
+            if callable(method):
+                setattr(cls, name, transactional(method))
 
     def _finish_fit(self, adapter, heads, stage_flops, conf, correct, sample_weight, rng):
         """Set the cost model and the operating point from the tuning rows' exit arrays.
@@ -64,21 +154,19 @@ class EarlyExitBase:
         table : ExitTable
             The tuning table.
         """
-        M = adapter.n_stages
-        exit_flops = np.array([
-            0.0 if (j == M - 1 and adapter.final_is_classifier)
-            else heads[j].flops() + float(adapter.vector_flops_[j])
-            for j in range(M)
-        ])
-        self.stage_flops_ = np.asarray(stage_flops, dtype=np.float64)
-        self.exit_flops_ = exit_flops
-        self.n_stages_ = M
-        self._heads = heads
-        self._adapter = adapter
-        table = ExitTable(conf, correct, self.stage_flops_, exit_flops,
+        conf = np.asarray(conf)
+        finite = np.isfinite(conf).all(axis=0)
+        if not finite.all():
+            j = int(np.argmin(finite))
+            raise ValueError(
+                f"The exit confidence of stage {j} is NaN or infinite on "
+                f"{int((~np.isfinite(conf[:, j])).sum())} tuning rows: its exit head (or a "
+                "tuning score) overflows on this data. Check the stage outputs' scale.")
+        self._set_exit_heads(adapter, heads, stage_flops)
+        table = ExitTable(conf, correct, self.stage_flops_, self.exit_flops_,
                           not adapter.final_is_classifier, sample_weight)
-        self.cumulative_cost_ = table.full_cost
         self._tuning_table = table
+        self._warn_if_tuning_rows_look_easy(table)
         if not hasattr(self, "_fit_times"):
             self._fit_times = {}
         # both seeds are drawn before any search, whatever the operating point: a fit at
@@ -90,6 +178,66 @@ class EarlyExitBase:
         self._apply_operating_point(table)
         self._fit_times["threshold search"] = time.perf_counter() - t0
         return table
+
+    def _warn_if_tuning_rows_look_easy(self, table, tolerance=0.005, max_cost=0.5):
+        """Warn when, on the training rows, a cheap early exit is nearly perfect, as the full model.
+
+        Thresholds tuned on rows the network has fitted then send far too many
+        new samples out early; a held-out ``calibration`` fraction avoids it.
+        """
+        if (getattr(self, "calibration", 0) is not None or self.flops_target is None
+                or self.thresholds is not None or self._score_name != "accuracy"
+                or table.n_stages < 2):
+            return
+        correct = table.correct.astype(np.float64)
+        acc = (correct.mean(axis=0) if table.weights is None else table.weights @ correct)
+        cheap = np.flatnonzero((acc[:-1] >= acc[-1] - tolerance) & (acc[:-1] >= 0.99)
+                               & (self.cumulative_cost_[:-1] <= max_cost))
+        if cheap.size:
+            j = int(cheap[0])
+            warn(
+                f"On the tuning rows (the training data, calibration=None) the exit after stage "
+                f"{j}, at {self.cumulative_cost_[j]:.3f} of the FLOPs, is as accurate as the full "
+                f"model ({acc[j]:.4f} against {acc[-1]:.4f}): the network fits these rows, so "
+                "thresholds tuned on them send too many new samples out early. Pass "
+                "calibration=0.2 (or a number of rows) to tune them on held-out rows.")
+
+    def _set_exit_heads(self, adapter, heads, stage_flops):
+        """Keep the adapter and the exit heads; set the cost model (no operating point)."""
+        M = adapter.n_stages
+        self.exit_flops_ = np.array([
+            0.0 if (j == M - 1 and adapter.final_is_classifier)
+            else heads[j].flops() + float(adapter.vector_flops_[j])
+            for j in range(M)
+        ])
+        self.stage_flops_ = np.asarray(stage_flops, dtype=np.float64)
+        self.n_stages_ = M
+        self._heads = heads
+        self._adapter = adapter
+        self.cumulative_cost_ = cumulative_cost(self.stage_flops_, self.exit_flops_,
+                                                np.ones(M - 1, bool),
+                                                not adapter.final_is_classifier)
+
+    def _serve_base_model(self):
+        """Operating point of the base model without tuning rows: every head off.
+
+        Used before thresholds can be tuned (``partial_fit`` before ``finalize``):
+        every sample runs to the last stage; the tuning-table statistics
+        (``expected_accuracy_``, ``tradeoff_``) are unknown (NaN, None).
+        """
+        M1 = self.n_stages_ - 1
+        T = np.ones((1, M1))
+        self.mixture_thresholds_ = T
+        self.mixture_weights_ = np.array([1.0])
+        self.thresholds_ = T[0].copy()
+        self._mixture_costs = cumulative_cost(self.stage_flops_, self.exit_flops_, T < 1.0,
+                                              not self._adapter.final_is_classifier)
+        self.expected_flops_ = float(self._mixture_costs[0, -1])
+        self.expected_accuracy_ = float("nan")
+        self.tradeoff_ = None
+        self._tuning_table = None
+        self._sweep_seed = self._routing_seed = 0  # one mixture component: never drawn
+        self._update_memory_overhead()
 
     def _operating_point_spec(self):
         return OperatingPointSpec(
@@ -108,6 +256,7 @@ class EarlyExitBase:
         self.tradeoff_ = point.tradeoff
         self._update_memory_overhead()
 
+    @transactional
     def set_operating_point(self, flops_target=None, thresholds=None):
         """Choose a new operating point from the cached tuning arrays (no forward pass).
 
@@ -131,8 +280,9 @@ class EarlyExitBase:
         table = getattr(self, "_tuning_table", None)
         if table is None:
             raise RuntimeError(
-                "The tuning arrays are not available (they are not pickled); refit with "
-                "set_params(flops_target=...) instead."
+                "The tuning arrays are not available (they are not pickled, and partial_fit "
+                "drops them until finalize tunes the thresholds again); refit with "
+                "set_params(flops_target=...) or call finalize instead."
             )
         self.set_params(flops_target=flops_target, thresholds=thresholds)
         self._validate_params()
@@ -145,15 +295,15 @@ class EarlyExitBase:
         return state
 
     def _update_memory_overhead(self):
-        """Bytes stored for the exits the operating point can use (heads + thresholds)."""
-        M = self.n_stages_
-        itemsize = 4 if self._adapter.backend == "torch" else 8
-        used = set(np.flatnonzero(self.mixture_thresholds_.min(axis=0) < 1.0).tolist())
-        if not self._adapter.final_is_classifier:
-            used.add(M - 1)
-        self.memory_overhead_bytes_ = int(
-            sum(self._heads[j].nbytes(itemsize) for j in used) + 8 * (M - 1)
-        )
+        """Bytes held for the exits: every exit head's arrays as stored, and the thresholds.
+
+        Every head is held whether the operating point uses it or not
+        (:meth:`set_operating_point` may use any), so all are counted, with
+        their copies on the stages' device.
+        """
+        total = self.mixture_thresholds_.nbytes + self.mixture_weights_.nbytes
+        total += sum(head.nbytes(None) for head in self._heads if head is not None)
+        self.memory_overhead_bytes_ = int(total)
 
     # ------------------------------------------------------------- inference
     def _validate_X(self, X):
@@ -187,6 +337,7 @@ class EarlyExitBase:
                 seed=self._routing_seed, return_proba=return_proba,
                 progress=partial(progress, verbose=self.verbose > 1, desc="E2CM predict"),
             )
+        self._update_memory_overhead()  # the heads may now hold copies on the stages' device
         res.y_pred = self.classes_[res.y_pred]
         return res
 
@@ -250,7 +401,9 @@ class EarlyExitBase:
 
     def _staged(self, X):
         with self._adapter.activate():
-            return self._staged_outputs(self._stage_source(X)())
+            out = self._staged_outputs(self._stage_source(X)())
+        self._update_memory_overhead()  # the heads may now hold copies on the stages' device
+        return out
 
     def exit_table(self, X, y=None, sample_weight=None):
         """Per-stage exit arrays of this fitted estimator on new data (one forward pass).

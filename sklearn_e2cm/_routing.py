@@ -16,7 +16,7 @@ from ._backend import is_torch, to_numpy
 from ._hashing import assign_rows, row_uniforms
 from ._memory import HeapGuard
 
-__all__ = ["RoutingResult", "route", "decide", "iter_stages", "batch_uniforms"]
+__all__ = ["RoutingResult", "route", "decide", "iter_stages", "batch_uniforms", "StageChecks"]
 
 
 @dataclass(repr=False)
@@ -273,21 +273,103 @@ def route(
     return RoutingResult(y_idx, exit_stage, flops, proba, comp)
 
 
+def _stage_label(adapter, j):
+    """``"stage j (name)"`` for messages."""
+    names = getattr(adapter, "stage_names_", None) or getattr(adapter, "names", None)
+    try:
+        name = names[j]
+    except (TypeError, IndexError, KeyError):
+        name = None
+    return f"stage {j}" if name is None else f"stage {j} ({name})"
+
+
+class StageChecks:
+    """Checks of what the stages and exit heads return on one batch.
+
+    Row counts are compared at once (shapes only, no transfer): a stage,
+    pooling or final classifier that merges, drops or adds rows raises a
+    ``ValueError`` naming it before any indexed or sparse operation uses its
+    output. Finiteness is checked with one vectorised reduction per array:
+    numpy arrays at once, tensors on their device, the flags of a batch read
+    back together by :meth:`settle` (one transfer per batch).
+
+    Parameters
+    ----------
+    adapter : StageAdapter
+        Names the stages in the messages.
+    """
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self._flags = []
+
+    def rows(self, j, A, n, what="returned"):
+        """Raise unless ``A`` has ``n`` rows (``A`` is what ``what`` of stage ``j`` gave)."""
+        m = int(A.shape[0]) if getattr(A, "ndim", 1) > 0 else None
+        if m != n:
+            got = f"{m} rows" if m is not None else f"shape {tuple(getattr(A, 'shape', ()))}"
+            raise ValueError(
+                f"{_stage_label(self.adapter, j).capitalize()} {what} {got} for a batch of "
+                f"{n} rows: every stage, pooling and classifier must return one output row "
+                "per input row, batch dimension first (never merge, drop or add rows, e.g. "
+                "by reshaping to (1, -1) or indexing z[:1]).")
+
+    def finite(self, j, A, what):
+        """Raise (numpy) or record (tensors) whether every value of ``A`` is finite."""
+        if is_torch(A):
+            if A.is_floating_point() and A.numel():
+                # min and max propagate NaN and hold any ±inf: one reduction pass, no
+                # temporary (isfinite().all() allocates a mask and is ~15x slower on CPU)
+                lo, hi = A.aminmax()
+                self._flags.append((j, what, lo.isfinite() & hi.isfinite()))
+        elif not np.isfinite(A).all():
+            self._raise(j, what)
+
+    def settle(self):
+        """Read the recorded tensor flags back (one transfer) and raise on the first failure."""
+        if not self._flags:
+            return
+        import torch
+
+        flags, self._flags = self._flags, []
+        ok = torch.stack([f for _, _, f in flags]).cpu().numpy()
+        if not ok.all():
+            j, what, _ = flags[int(np.argmin(ok))]
+            self._raise(j, what)
+
+    def _raise(self, j, what):
+        raise ValueError(
+            f"{what[:1].upper()}{what[1:]} of {_stage_label(self.adapter, j)} contains NaN or "
+            "infinity on finite input: the stage (or its pooling or exit head) overflows or "
+            "is not defined on this data. Check the stage and the scale of X (exits need "
+            "finite stage outputs).")
+
+
 def _route_batch(adapter, heads, thresholds, weights, active, Xb, seed, return_proba):
     """Route one batch; returns its ``(pred, exit_stage, component, proba)`` on the host."""
     M = adapter.n_stages
     b = _Batch(Xb, adapter.n_rows(Xb), seed, thresholds, weights, return_proba)
+    checks = StageChecks(adapter)
     Z = Xb
     for j in range(M):
         last = j == M - 1
+        n = b.alive.shape[0]
         if last and adapter.final_is_classifier:
             idx, P = adapter.final_outputs(Z)
+            checks.rows(j, P, n, "(the base model's classifier) returned probabilities of")
+            checks.finite(j, P, "the base model's probabilities")
             b.leave(b.alive, b.as_index(idx), P, j)
             break
         Z = adapter.run_stage(j, Z)
+        checks.rows(j, Z, n)
         if not last and not active[j]:
+            checks.finite(j, Z, "the output")
             continue
-        P, idx, conf = _decide_in_place(heads[j], adapter.stage_vector(j, Z))
+        F = adapter.stage_vector(j, Z)
+        checks.rows(j, F, n, "(after pooling) gave stage vectors of")
+        checks.finite(j, F, "the stage vector")
+        P, idx, conf = _decide_in_place(heads[j], F)
+        checks.finite(j, conf, "the exit confidence")
         if last:
             b.leave(b.alive, idx, P, j)
             break
@@ -301,6 +383,7 @@ def _route_batch(adapter, heads, thresholds, weights, active, Xb, seed, return_p
             stay = _positions(~leave)
             Z = adapter.take(Z, stay)
             b.alive = b.alive[stay]
+    checks.settle()
     return b.to_host()
 
 
@@ -340,14 +423,23 @@ def iter_stages(adapter, Zb, n_stages=None, final=True):
     """
     M = adapter.n_stages
     n_run = M if n_stages is None else n_stages
+    checks = StageChecks(adapter)
+    n = adapter.n_rows(Zb)
     Z = Zb
     for j in range(n_run):
         if j == M - 1 and adapter.final_is_classifier:
             if final:
                 idx, P = adapter.final_outputs(Z)
+                checks.rows(j, P, n, "(the base model's classifier) returned probabilities of")
+                checks.finite(j, P, "the base model's probabilities")
                 yield j, P, to_numpy(idx).astype(np.intp, copy=False)
             else:
                 yield j, None, None
-            return
+            break
         Z = adapter.run_stage(j, Z)
-        yield j, adapter.stage_vector(j, Z), None
+        checks.rows(j, Z, n)
+        F = adapter.stage_vector(j, Z)
+        checks.rows(j, F, n, "(after pooling) gave stage vectors of")
+        checks.finite(j, F, "the stage vector")
+        yield j, F, None
+    checks.settle()  # one transfer per batch for device tensors

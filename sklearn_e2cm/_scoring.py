@@ -51,7 +51,12 @@ class Scoring:
         kwargs = dict(self.kwargs)
         if sample_weight is not None:
             kwargs["sample_weight"] = sample_weight
-        return self.sign * float(self.func(y_true, y_pred, **kwargs))
+        value = self.sign * float(self.func(y_true, y_pred, **kwargs))
+        if not np.isfinite(value):
+            raise ValueError(
+                f"scoring={self.name!r} returned {value} on {len(y_pred)} predictions; a score "
+                "must be a finite number (greater is better).")
+        return value
 
     def needs_y(self):
         """Whether scoring needs the true labels (everything but agreement).

@@ -17,10 +17,14 @@ Where the files are looked for, in order:
    environment variable is set, else ``~/sklearn_e2cm_data/<name>/``.
 
 ``download=True`` fetches missing files into the first folder of step 1 or 3
-(``<data_home>/<name>/``).
+(``<data_home>/<name>/``), over https only, and keeps a file only when its
+digests equal the published ones (SHA-256 and MD5 for Fashion-MNIST and
+Kuzushiji-MNIST, MD5 for MNIST, the digests its distributors publish) and
+it parses as an IDX file.
 """
 
 import gzip
+import hashlib
 import os
 import shutil
 import sys
@@ -52,11 +56,14 @@ _DOWNLOAD_TIMEOUT = 60
 
 
 class _DatasetInfo:
-    def __init__(self, name, title, system_dirs, mirrors, target_names, debian_package, descr):
+    def __init__(self, name, title, system_dirs, mirrors, target_names, debian_package, descr,
+                 digests):
         self.name = name
         self.title = title
         self.system_dirs = tuple(Path(d) for d in system_dirs)
         self.mirrors = tuple(mirrors)
+        #: ``{file.gz: {"sha256": hex, "md5": hex}}``: every digest given must match a download.
+        self.digests = dict(digests)
         self.target_names = tuple(target_names)
         self.debian_package = debian_package
         self.descr = descr
@@ -105,9 +112,23 @@ _DATASETS = {
         title="Fashion-MNIST",
         system_dirs=["/usr/share/datasets/fashion-mnist"],
         mirrors=[
-            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://fashion-mnist.s3.eu-central-1.amazonaws.com/",
             "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
         ],
+        digests={
+            "train-images-idx3-ubyte.gz": {
+                "md5": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "sha256": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"},
+            "train-labels-idx1-ubyte.gz": {
+                "md5": "25c81989df183df01b3e8a0aad5dffbe",
+                "sha256": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"},
+            "t10k-images-idx3-ubyte.gz": {
+                "md5": "bef4ecab320f06d8554ea6380940ec79",
+                "sha256": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"},
+            "t10k-labels-idx1-ubyte.gz": {
+                "md5": "bb300cfdad3c16e7a12a480ee83cd310",
+                "sha256": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"},
+        },
         target_names=[
             "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -122,8 +143,13 @@ _DATASETS = {
         mirrors=[
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
             "https://storage.googleapis.com/cvdf-datasets/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
         ],
+        digests={
+            "train-images-idx3-ubyte.gz": {"md5": "f68b3c2dcbeaaa9fbdd348bbdeb94873"},
+            "train-labels-idx1-ubyte.gz": {"md5": "d53e105ee54ea40749a09fcbcd1e9432"},
+            "t10k-images-idx3-ubyte.gz": {"md5": "9fb629c4189551a2d022fa330f9573f3"},
+            "t10k-labels-idx1-ubyte.gz": {"md5": "ec29112dd5afa0611ce80d1b7f02629c"},
+        },
         target_names=[str(d) for d in range(10)],
         debian_package=None,
         descr=_MNIST_DESCR,
@@ -132,7 +158,21 @@ _DATASETS = {
         name="kmnist",
         title="Kuzushiji-MNIST",
         system_dirs=["/usr/share/datasets/kmnist"],
-        mirrors=["http://codh.rois.ac.jp/kmnist/dataset/kmnist/"],
+        mirrors=["https://codh.rois.ac.jp/kmnist/dataset/kmnist/"],
+        digests={
+            "train-images-idx3-ubyte.gz": {
+                "md5": "bdb82020997e1d708af4cf47b453dcf7",
+                "sha256": "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4"},
+            "train-labels-idx1-ubyte.gz": {
+                "md5": "e144d726b3acfaa3e44228e80efcd344",
+                "sha256": "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17"},
+            "t10k-images-idx3-ubyte.gz": {
+                "md5": "5c965bf0a639b31b8f53240b1b52f4d7",
+                "sha256": "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5"},
+            "t10k-labels-idx1-ubyte.gz": {
+                "md5": "7320c461ea6c1c855c0b718fb2a4b134",
+                "sha256": "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c"},
+        },
         target_names=["お", "き", "す", "つ", "な", "は", "ま", "や", "れ", "を"],
         debian_package=None,
         descr=_KMNIST_DESCR,
@@ -274,6 +314,14 @@ def _read_pair(images_path, labels_path, n_classes):
             f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
             f"{labels.shape[0]} labels."
         )
+    if labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"{labels_path}: labels are stored as {labels.dtype} values; an IDX label file holds "
+            "integers (the file is corrupted or not a label file)."
+        )
+    if images.dtype.kind == "f" and not np.all(np.isfinite(images)):
+        raise ValueError(f"{images_path}: images hold NaN or infinite values; the file is "
+                         "corrupted.")
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         bad = labels.min() if labels.min() < 0 else labels.max()
         raise ValueError(
@@ -285,8 +333,28 @@ def _read_pair(images_path, labels_path, n_classes):
 # ----------------------------------------------------------------------------
 # download (only with download=True, never in tests)
 # ----------------------------------------------------------------------------
+def _require_https(url):
+    if not url.startswith("https://"):
+        raise ValueError(f"refusing to download {url}: only https:// mirrors are used.")
+
+
 def _urlopen(url, timeout):
-    return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http(s) mirrors only)
+    return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (https mirrors only)
+
+
+def _check_digests(path, expected, name):
+    """Compare the file's digests with the published ones (every algorithm given)."""
+    for algorithm in sorted(expected, key=lambda a: a != "sha256"):  # the stronger first
+        want = expected[algorithm]
+        h = hashlib.new(algorithm)
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != want:
+            raise ValueError(
+                f"{name}: {algorithm} is {h.hexdigest()}, expected {want} (a corrupted or "
+                "altered download)."
+            )
 
 
 def _download(info, names, folder, verbose=True):
@@ -303,8 +371,10 @@ def _download(info, names, folder, verbose=True):
             try:
                 if verbose:
                     print(f"Downloading {url}", file=sys.stderr)
+                _require_https(url)
                 with os.fdopen(fd, "wb") as out, _urlopen(url, _DOWNLOAD_TIMEOUT) as response:
                     shutil.copyfileobj(response, out)
+                _check_digests(tmp, info.digests.get(base + ".gz", {}), base + ".gz")
                 _read_idx(tmp)  # refuse truncated or corrupted downloads
                 os.replace(tmp, target)
                 break

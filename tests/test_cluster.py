@@ -792,3 +792,11 @@ def test_ee_tradeoff_display(ee, blobs):
     assert disp.base_flops == pytest.approx(1.0)
     assert np.all(np.asarray(disp.flops) >= ee.cumulative_cost_[0] - 1e-9)
     plt.close("all")
+
+
+def test_diverging_pretraining_is_reported(blobs):
+    X, _ = blobs
+    with pytest.raises(ValueError, match="reconstruction loss became .* at epoch 1; the "
+                                         "autoencoder diverged. Scale the input"):
+        DEC(3, hidden=(16,), embedding_dim=2, pretrain_epochs=3, max_iter=5,
+            random_state=0).fit(X * 1e30)

@@ -1,6 +1,7 @@
 """Tests for sklearn_e2cm.datasets on tiny synthetic IDX files (no downloads)."""
 
 import gzip
+import hashlib
 import io
 import os
 import struct
@@ -235,12 +236,15 @@ def test_download_writes_atomically(tmp_path, monkeypatch):
     src = tmp_path / "src"
     _make(src, n_train=6, n_test=3, gz=True)
     info = datasets._DATASETS["kmnist"]
-    monkeypatch.setattr(info, "mirrors", ("http://broken.invalid/", "http://mirror.invalid/"))
+    monkeypatch.setattr(info, "mirrors", ("https://broken.invalid/", "https://mirror.invalid/"))
+    digests = {p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+               for p in src.iterdir()}
+    monkeypatch.setattr(info, "digests", digests)
     calls = []
 
     def fake_urlopen(url, timeout):
         calls.append(url)
-        if url.startswith("http://broken.invalid/"):
+        if url.startswith("https://broken.invalid/"):
             raise OSError("connection refused")
         return _FakeResponse((src / url.rsplit("/", 1)[1]).read_bytes())
 
@@ -260,13 +264,36 @@ def test_download_writes_atomically(tmp_path, monkeypatch):
 
 def test_download_rejects_corrupt_file(tmp_path, monkeypatch):
     info = datasets._DATASETS["mnist"]
-    monkeypatch.setattr(info, "mirrors", ("http://mirror.invalid/",))
+    monkeypatch.setattr(info, "mirrors", ("https://mirror.invalid/",))
     monkeypatch.setattr(
         datasets, "_urlopen", lambda url, timeout: _FakeResponse(gzip.compress(b"\x00\x00\x08"))
     )
     with pytest.raises(OSError, match="Could not download train-images-idx3-ubyte.gz"):
         load_mnist(data_home=tmp_path, download=True)
     assert list((tmp_path / "mnist").iterdir()) == []
+
+
+def test_download_checks_published_digests(tmp_path, monkeypatch):
+    """A well-formed IDX file whose digest differs from the published one is refused."""
+    src = tmp_path / "src"
+    _make(src, n_train=6, n_test=3, gz=True)
+    info = datasets._DATASETS["fashion-mnist"]
+    monkeypatch.setattr(info, "mirrors", ("https://mirror.invalid/",))
+    monkeypatch.setattr(datasets, "_urlopen",
+                        lambda url, timeout: _FakeResponse((src / url.rsplit("/", 1)[1]).read_bytes()))
+    with pytest.raises(OSError, match="sha256 is [0-9a-f]{64}, expected 3aede38d"):
+        load_fashion_mnist(data_home=tmp_path / "home", download=True)
+    assert list((tmp_path / "home" / "fashion-mnist").iterdir()) == []
+    for name, info in datasets._DATASETS.items():  # every published file has a digest
+        assert all(m.startswith("https://") for m in info.mirrors), name
+        assert len(info.digests) == 4 and all(info.digests.values()), name
+
+
+def test_plain_http_mirrors_are_refused(tmp_path, monkeypatch):
+    info = datasets._DATASETS["mnist"]
+    monkeypatch.setattr(info, "mirrors", ("http://mirror.invalid/",))
+    with pytest.raises(OSError, match="only https:// mirrors are used"):
+        load_mnist(data_home=tmp_path, download=True)
 
 
 def test_no_download_without_flag(tmp_path):

@@ -209,7 +209,12 @@ def test_hull_attributes(fitted):
     assert isinstance(t, pd.DataFrame)
     assert {"target", "flops", "accuracy", "thresholds", "on_hull"} <= set(t.columns)
     hull = t[t.on_hull].sort_values("flops")
-    assert hull.accuracy.is_monotonic_increasing
+    # the upper hull rises; past its top, the base model (cost 1) may follow, scoring lower
+    rising = hull if hull.accuracy.is_monotonic_increasing else hull.iloc[:-1]
+    assert rising.accuracy.is_monotonic_increasing
+    if len(rising) < len(hull):
+        assert hull.flops.iloc[-1] == pytest.approx(1.0)
+        assert np.all(np.vstack(hull.thresholds.iloc[-1:].to_numpy()) >= 1.0)
     assert fitted.thresholds_.shape == (fitted.n_stages_ - 1,)
     assert fitted.memory_overhead_bytes_ > 0
     assert fitted.mixture_weights_.sum() == pytest.approx(1.0)
@@ -296,8 +301,28 @@ def test_unreachable_target_warns_and_uses_cheapest(digits):
     clf = EarlyExitClassMeans(stages=_stages(), flops_target=0.0001, random_state=0)
     with pytest.warns(UserWarning, match="below the cheapest reachable cost"):
         clf.fit(Xtr, ytr)
-    np.testing.assert_array_equal(clf.thresholds_, np.zeros(3))
+    assert clf.thresholds_[0] == 0.0  # every sample leaves at the first exit
+    assert np.all(clf.route(Xte).exit_stage == 0)
     assert clf.expected_flops_ == pytest.approx(clf.cumulative_cost_[0])
+
+
+@pytest.mark.parametrize("threshold_search", ["hull", "bisect-hull"])
+def test_targets_above_the_hull_top_are_met_with_the_base_model(digits, threshold_search):
+    """Where tuning accuracy saturates, a budget is still spent: time sharing with the base model."""
+    Xtr, Xte, ytr, yte = digits
+    stages = [StandardScaler(), PCA(20, random_state=0),
+              Nystroem(n_components=300, random_state=0), LogisticRegression(max_iter=500)]
+    clf = EarlyExitClassMeans(stages=stages, flops_target=0.6, random_state=0, n_targets=200,
+                              threshold_search=threshold_search).fit(Xtr, ytr)
+    top = clf.tradeoff_.sort_values("accuracy", kind="stable").iloc[-1]
+    assert top["flops"] < 0.6  # the hull tops out below the target on these tuning rows
+    cheapest = clf.tradeoff_["flops"].min()
+    for target in [0.6, 0.75, 0.9, 1.0]:
+        clf.set_operating_point(flops_target=target)
+        assert abs(clf.expected_flops_ - target) <= 0.01
+        assert abs(clf.route(Xtr).flops.mean() - target) <= 0.03  # rows drawn by time sharing
+    assert cheapest < 0.6
+    np.testing.assert_array_equal(clf.predict(Xte), clf.route(Xte).y_pred)
 
 
 def test_stages_none_is_nearest_centroid(digits):
@@ -424,3 +449,19 @@ def test_results_and_tables_print_a_summary():
     assert len(text) < 200  # a summary, not the arrays
     t = repr(clf.exit_table(X, y))
     assert t.startswith("ExitTable(n_samples=1797, n_stages=3, base_cost=") and len(t) < 200
+
+
+def test_warns_when_training_rows_make_an_early_exit_look_perfect():
+    X, y = make_blobs(n_samples=400, centers=3, n_features=20, cluster_std=0.5, random_state=0)
+    stages = [StandardScaler(), Nystroem(n_components=200, random_state=0),
+              LogisticRegression(max_iter=300)]
+    with pytest.warns(UserWarning, match=r"the exit after stage 0, at 0\.\d+ of the FLOPs, is as "
+                                         r"accurate as the full model \(1\.0000 against 1\.0000\)"):
+        EarlyExitClassMeans(stages=stages, flops_target=0.5, random_state=0).fit(X, y)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        EarlyExitClassMeans(stages=stages, flops_target=0.5, calibration=0.25,
+                            random_state=0).fit(X, y)
+        EarlyExitClassMeans(stages=stages, random_state=0).fit(X, y)  # no budget asked

@@ -141,10 +141,16 @@ def check_torch_input(est, X, y, reset):
         if isinstance(X, torch.Tensor):
             Xn = X
     if Xn is None:
+        if hasattr(X, "tocsr") or hasattr(X, "sparse"):  # scipy sparse matrix or sparse frame
+            raise ValueError(
+                f"X is a sparse {type(X).__name__}; torch stages take dense input. Pass "
+                "X.toarray() (or a dense tensor).")
         Xn = np.asarray(X, dtype=np.float32)
     shape = tuple(Xn.shape[1:])
     if Xn.ndim < 2 or Xn.shape[0] < 1:
-        raise ValueError(f"Expected an array of shape (n_samples, ...); got {tuple(Xn.shape)}.")
+        raise ValueError(
+            f"Expected an array of shape (n_samples, ...) with at least one sample; got shape "
+            f"{tuple(Xn.shape)}.")
     finite = bool(np.isfinite(Xn).all()) if isinstance(Xn, np.ndarray) else bool(
         Xn.isfinite().all())
     if not finite:
@@ -328,13 +334,22 @@ def resolve_stage_costs(measured, errors, stage_costs):
                 raise ValueError(
                     f"stage_costs key {k!r} is not a stage index in [0, {M - 1}]."
                 )
-            costs[k] = float(v)
+            v = float(v)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(
+                    f"stage_costs[{k}] = {v}; per-sample FLOPs must be finite and >= 0.")
+            costs[k] = v
     elif sc is not None:
         arr = np.asarray(sc, dtype=np.float64)
         if arr.shape != (M,):
             raise ValueError(
                 f"stage_costs has shape {arr.shape}; expected ({M},), one entry per stage."
             )
+        bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0))
+        if bad.size:
+            raise ValueError(
+                f"stage_costs must be finite and >= 0 (per-sample FLOPs); got {arr[bad[0]]} "
+                f"for stage {int(bad[0])} in {arr.tolist()}.")
         costs = arr.copy()
     unknown = np.flatnonzero(np.isnan(costs))
     if unknown.size:

@@ -19,6 +19,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._backend import import_torch, resolve_device
+from .._exit_estimator import transactional
 from ..stages._dec import _soft_assign_numpy
 from ._training import _MAX_SEED, _build_encoder, _embed_numpy, _train_dec
 
@@ -131,7 +132,7 @@ class DEC(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseE
         Mean reconstruction loss of every pretraining epoch.
     n_features_in_ : int
         Number of features seen during fit.
-    feature_names_in_ : ndarray of str of shape (n_features_in_,)
+    feature_names_in_ : ndarray of str of shape (n_features_in,)
         Names of features seen during fit, when ``X`` has string feature
         names.
 
@@ -250,6 +251,7 @@ class DEC(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseE
 
     # -- fitting ----------------------------------------------------------
 
+    @transactional
     def fit(self, X, y=None):
         """Pretrain, initialise and self-train on ``X``.
 

@@ -26,7 +26,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .._backend import import_torch, to_numpy
 from .._fitting.passes import collect_stage_outputs, forward_source
 from ..exits.class_means import ExitHead, normalized_head
-from .._thresholds import mixture_exits, sweep_with_extremes, time_sharing, upper_hull
+from .._fitting.operating_point import swept_points
+from .._thresholds import mixture_exits, served_hull, time_sharing, upper_hull
 from .._exit_estimator import EarlyExitBase, routing_uniforms
 from ..metrics import clustering_accuracy
 from ..stages._dec import DECStages
@@ -89,11 +90,12 @@ n_init, random_state, device, verbose
     thresholds : array-like of shape (len(exits),), default=None
         Explicit exit thresholds in [0, 1], in exit order (shallowest
         first); override the search.
-    threshold_search : {"hull", "coordinate", "bisect"}, default="hull"
-        ``"hull"``: sweep ``n_targets`` FLOP targets, keep the upper concave
-        hull of (cost, agreement) on the training data and serve
-        ``flops_target`` by time sharing. ``"bisect"``: the paper's search
-        for the single target.
+    threshold_search : {"hull", "bisect-hull", "bisect"}, default="hull"
+        ``"hull"``: trace the trade-off by coordinate ascent, keep the upper
+        concave hull of (cost, agreement) on the training data and serve
+        ``flops_target`` by time sharing. ``"bisect-hull"``: the same hull
+        over the paper's search at ``n_targets`` FLOP targets. ``"bisect"``:
+        the paper's search for the single target.
     n_targets : int, default=1000
         Size of the FLOP-target grid of the sweep.
     normalize : bool, default=True
@@ -131,22 +133,22 @@ n_init, random_state, device, verbose
         eq. 4 scales of every exit (``None`` with ``normalize=False``).
     n_stages_ : int
         ``len(exits) + 1``.
-    stage_flops_ : ndarray of shape (n_stages_,)
+    stage_flops_ : ndarray of shape (n_stages,)
         Per-sample FLOPs of the shared layers of every stage; the last entry
         includes the large DEC's clustering layer. A Linear layer counts
         ``2 * in * out + out``, a ReLU one per element; see Notes.
-    exit_flops_ : ndarray of shape (n_stages_,)
+    exit_flops_ : ndarray of shape (n_stages,)
         Per-sample FLOPs of every exit: its tail layers plus distances,
         eq. 4, softmax and the decision (0 for the large DEC, whose
         clustering layer is part of the base cost).
-    cumulative_cost_ : ndarray of shape (n_stages_,)
+    cumulative_cost_ : ndarray of shape (n_stages,)
         Normalised cost of leaving after each stage with every exit active.
-    thresholds_ : ndarray of shape (n_stages_ - 1,)
+    thresholds_ : ndarray of shape (n_stages - 1,)
         Exit thresholds of the operating point, shallowest exit first: the
         threshold vector with the largest weight in the mixture. A sample
         leaves exit ``j`` when its largest probability there exceeds
         ``thresholds_[j]``; 1 switches the exit off.
-    mixture_thresholds_ : ndarray of shape (n_vectors, n_stages_ - 1)
+    mixture_thresholds_ : ndarray of shape (n_vectors, n_stages - 1)
         The threshold vectors the operating point time-shares (one row, or
         the two hull vertices around ``flops_target``).
     mixture_weights_ : ndarray of shape (n_vectors,)
@@ -163,15 +165,20 @@ n_init, random_state, device, verbose
         values are in ``accuracy``, kept for compatibility), ``thresholds``,
         ``on_hull``. :meth:`tradeoff_curve` evaluates against true labels.
     memory_overhead_bytes_ : int
-        Bytes stored for the exits the operating point uses (their centres
-        and eq. 4 scales as float32) and for the thresholds.
+        Bytes held for the exits (their centres, norms and eq. 4 scales as
+        stored, with copies on a non-CPU device) and for the thresholds.
     n_iter_ : int
         Self-training mini-batches of the large DEC.
     n_features_in_ : int
         Number of features seen during fit.
-    feature_names_in_ : ndarray of str of shape (n_features_in_,)
+    feature_names_in_ : ndarray of str of shape (n_features_in,)
         Names of features seen during fit, when ``X`` has string feature
         names.
+
+    See Also
+    --------
+    DEC : The large DEC alone.
+    sklearn_e2cm.EarlyExitClassMeans : E²CM for classifiers.
 
     Notes
     -----
@@ -190,11 +197,6 @@ n_init, random_state, device, verbose
     the head DEC's own nearest-centre assignment (``exit_labels_``) on
     samples between clusters.
 
-    See Also
-    --------
-    DEC : The large DEC alone.
-    sklearn_e2cm.EarlyExitClassMeans : E²CM for classifiers.
-
     References
     ----------
     A. Görmez, V. R. Dasari and E. Koyuncu, "E²CM: Early Exit via Class
@@ -211,11 +213,11 @@ n_init, random_state, device, verbose
     ...                   n_targets=100, random_state=0).fit(X)
     >>> ee.n_stages_, ee.exit_depths_
     (3, [1, 2])
-    >>> r = ee.route(X)  # easy blobs: every sample leaves at the first exit
-    >>> r.exit_counts(ee.n_stages_)
-    array([300,   0,   0])
-    >>> round(float(r.flops.mean()), 2)  # fraction of the large DEC's FLOPs
-    0.21
+    >>> r = ee.route(X)  # easy blobs: the first exit already agrees with the large DEC
+    >>> round(float(r.flops.mean()), 1)  # the budget is spent: fraction of the large DEC's FLOPs
+    0.5
+    >>> int(r.exit_counts(ee.n_stages_)[1])  # rows leave first or, time-shared, at the end
+    0
     >>> clustering_accuracy(y, ee.predict(X)), clustering_accuracy(y, ee.labels_)
     (1.0, 1.0)
     """
@@ -227,7 +229,7 @@ n_init, random_state, device, verbose
         "exits": [tuple, list],
         "flops_target": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "thresholds": ["array-like", None],
-        "threshold_search": [StrOptions({"hull", "coordinate", "bisect"})],
+        "threshold_search": [StrOptions({"hull", "bisect-hull", "bisect"})],
         "n_targets": [Interval(numbers.Integral, 2, None, closed="left")],
         "normalize": ["boolean"],
     }
@@ -454,11 +456,9 @@ n_init, random_state, device, verbose
         if len(tr) > 1:  # the hull search ran: reuse it
             T = np.vstack(tr["thresholds"].to_numpy())
             costs, scores = tr["flops"].to_numpy(), tr["agreement"].to_numpy()
-        else:  # a single operating point was chosen: sweep the targets, with the extremes
-            targets = np.linspace(0, 1, self.n_targets + 1)[1:]
-            _, T, costs, scores = sweep_with_extremes(table, targets,
-                                                      random_state=self._sweep_seed)
-        hull = upper_hull(costs, scores)
+        else:  # a single operating point was chosen: sweep as a hull search would
+            _, T, costs, scores = swept_points(table, self._operating_point_spec())
+        hull = served_hull(costs, scores, T)
         self._hull_thresholds = T[hull]
         self._hull_costs = np.asarray(costs)[hull]
         self._hull_agreement = np.asarray(scores)[hull]

@@ -37,7 +37,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state
 
-from .._backend import as_float_tensor, import_torch, progress, resolve_device
+from .._backend import LongWorkNotice, as_float_tensor, import_torch, progress, resolve_device
 from .._fitting.training import epoch_order, minibatch_step, run_epochs
 from ..metrics import align_labels
 from ..stages._dec import _soft_assign_numpy
@@ -241,9 +241,16 @@ def _pretrain_autoencoder(
         xb = X[rows]
         return minibatch_step(opt, lambda: reconstruction_loss(xb)), xb.shape[0]
 
+    def check(epoch, loss):
+        if not np.isfinite(loss):
+            raise ValueError(
+                f"{desc or 'Autoencoder pretraining'}: the reconstruction loss became {loss} at "
+                f"epoch {epoch}; the autoencoder diverged. Scale the input (e.g. StandardScaler, "
+                "or divide by its largest value) or lower the learning rate.")
+
     n = X.shape[0]
     loss_curve = run_epochs(n, epochs, step, rng=shuffle_gen, batches=batches, verbose=verbose,
-                            desc=desc, n_batches=-(-n // batch_size))
+                            desc=desc, n_batches=-(-n // batch_size), end_epoch=check)
     encoder.cpu().eval()
     return loss_curve
 
@@ -331,8 +338,15 @@ def _self_train(
     target = None
     n_iter = 0
     bar = progress(range(max_iter), verbose, desc, total=max_iter)
+    notice = LongWorkNotice(desc or "DEC self-training", verbose, unit="iteration")
     for it in bar:
         if it % update_interval == 0:
+            notice.update(it, max_iter)
+            if not bool(torch.isfinite(mu).all()):
+                raise ValueError(
+                    f"{desc or 'DEC self-training'}: the cluster centres became non-finite "
+                    f"after {it} iterations (the KL loss diverged); lower the learning rate or "
+                    "scale the input.")
             target, labels = _refresh_target(encoder, X, mu, batch_size=batch_size,
                                              device=device)
             if labels_last is not None:

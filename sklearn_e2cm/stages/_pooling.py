@@ -360,7 +360,15 @@ class _CallablePool(_Pooling):
     def measure(self, Z, stage=None):
         from .._torch_flops import count_flops
 
-        flops, out = count_flops(self.fn, Z)
+        try:
+            flops, out = count_flops(self.fn, Z)
+        except Exception as exc:
+            where = "" if stage is None else f" of stage {stage}"
+            raise ValueError(
+                f"pooling={self.fn!r} fails on the output{where} of per-sample shape "
+                f"{tuple(Z.shape[1:])}: {exc}. Pass a pooling that fits this shape, or a "
+                "per-stage list (None for that stage)."
+            ) from exc
         if not isinstance(out, torch.Tensor):
             where = "" if stage is None else f" at stage {stage}"
             raise ValueError(
