@@ -6,8 +6,18 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_consistent_length,
+    column_or_1d,
+    validate_data,
+)
 
 from ._exit_estimator import EarlyExitBase
+from ._incremental import IncrementalFitMixin
+from ._fitting.blockwise import fit_blockwise, is_dask_array
+from ._fitting.distributed import process_group, shard_rows
 from ._fitting.inputs import (
     LabelIndex,
     calibration_rows,
@@ -32,7 +42,7 @@ from .stages import is_torch_stages, make_stage_adapter
 __all__ = ["EarlyExitClassMeans", "share_stage_outputs", "fit_on_shared_rows"]
 
 
-class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
+class EarlyExitClassMeans(ClassifierMixin, IncrementalFitMixin, EarlyExitBase, BaseEstimator):
     """Early Exit Class Means (E²CM) on a trained staged model.
 
     After every stage of a trained model the stage output is compared with the
@@ -59,14 +69,15 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         ``None``: no early exit (the base model's own predictions).
     thresholds : array-like of shape (n_stages - 1,), default=None
         Explicit exit thresholds in [0, 1]; override the search.
-    threshold_search : {"hull", "coordinate", "bisect"}, default="hull"
-        ``"hull"``: sweep ``n_targets`` FLOP targets with the paper's search
-        (random initialisation + alternating bisection), keep the upper
-        concave hull of (cost, accuracy) on the tuning data and serve
+    threshold_search : {"hull", "bisect-hull", "bisect"}, default="hull"
+        ``"hull"``: trace the accuracy-cost trade-off on the tuning data by
+        exact coordinate ascent on accuracy − λ·cost along a path of λ (one
+        path serves every budget), keep its upper concave hull and serve
         ``flops_target`` by time sharing between the two hull vertices around
-        it. ``"coordinate"``: the same hull and time sharing, with thresholds
-        found by exact coordinate ascent on accuracy − λ·cost (slightly better
-        held-out hulls in our benchmarks, see ``benchmarks/results/search.md``).
+        it. ``"bisect-hull"``: the same hull and time sharing over the
+        paper's search (random initialisation + alternating bisection) run
+        at each of ``n_targets`` FLOP targets (slower; held-out accuracy is
+        lower at almost every budget in ``benchmarks/results/sweep.md``).
         ``"bisect"``: the paper's single-target search, no hull.
     metric : {"euclidean", "mahalanobis"}, default="euclidean"
         Distance to the class means.
@@ -92,7 +103,8 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         Per-sample FLOPs of each stage overriding the cost model; a dict maps
         stage indices to FLOPs and leaves the other stages counted.
     n_targets : int, default=1000
-        Size of the FLOP-target grid swept by ``threshold_search="hull"``.
+        Size of the FLOP-target grid of the trade-off table (and of the
+        bisections of ``threshold_search="bisect-hull"``).
     final_classifier : "auto" or bool, default="auto"
         Whether the last stage outputs the base model's class scores (then a
         sample reaching the end gets the base model's prediction).
@@ -116,6 +128,18 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         serves it.
     verbose : int, default=0
         Progress bars when positive.
+    distributed : "auto" or bool, default="auto"
+        Fit under ``torch.distributed``. ``"auto"``: when a process group is
+        initialised (``torchrun``, ``init_process_group``) and holds more than
+        one process, every process passes its own shard of the data (arrays,
+        or a DataLoader with a ``DistributedSampler``, whose padding rows are
+        not counted), the class statistics are summed over the processes and
+        the tuning arrays gathered, so every process ends with the estimator
+        one process would fit on all the shards (without ``calibration``; with
+        it, each process holds out part of its own shard). ``True``: require a
+        process group; ``False``: fit on the data given only. Needs stages
+        that ``fit`` does not train (a torch network, fitted or frozen
+        scikit-learn steps).
 
     Attributes
     ----------
@@ -125,8 +149,11 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         Number of stages ``M``; samples may leave after stages ``0 .. M-2``.
     class_means_ : list of ndarray of shape (n_classes, D_j)
         Mean stage vector of each class at every stage (eq. 2, weighted by
-        ``sample_weight``), float64, after ``pooling``; for a chain ending in a
+        ``sample_weight``), after ``pooling``; for a chain ending in a
         classifier the last entry holds the means of its class probabilities.
+        Accumulated in float64, held in the stages' compute dtype (float64
+        for scikit-learn stages, the network's, usually float32, for torch
+        stages): the arrays the exit heads use, not a copy.
     distance_scale_ : list of ndarray of shape (n_classes,) or None
         eq. 4 scales: the mean distance of the tuning samples to each class
         mean, per stage (``None`` with ``normalize=False`` or the whitened metric).
@@ -156,7 +183,16 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         Swept operating points (``target``, ``flops``, ``accuracy``,
         ``thresholds``, ``on_hull``), measured on the tuning data.
     memory_overhead_bytes_ : int
-        Bytes of class means, norms and scales stored for the active exits.
+        Bytes held for the exits: every exit head's class means, norms and
+        scales (or whitened weights) as stored, with their copies on a
+        non-CPU device, and the thresholds; active at this operating point or
+        not.
+    class_statistics_ : ClassStatistics
+        The streamed class statistics the exits are built from (per stage and
+        class: sums, weights, counts, within-class scatter for the whitened
+        metric), mergeable with statistics fitted elsewhere
+        (:meth:`ClassStatistics.merge <sklearn_e2cm._fitting.passes.ClassStatistics.merge>`),
+        and extended by :meth:`partial_fit`.
     n_features_in_ : int
         Number of features of the input (for torch input: values per sample).
     feature_names_in_ : ndarray of str
@@ -189,7 +225,7 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         "stages": "no_validation",
         "flops_target": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "thresholds": ["array-like", None],
-        "threshold_search": [StrOptions({"hull", "coordinate", "bisect"})],
+        "threshold_search": [StrOptions({"hull", "bisect-hull", "bisect"})],
         "metric": [StrOptions({"euclidean", "mahalanobis"})],
         "pooling": "no_validation",
         "normalize": ["boolean"],
@@ -208,6 +244,7 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         "cache_size": [Interval(numbers.Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "distributed": [StrOptions({"auto"}), "boolean"],
     }
 
     def __init__(
@@ -231,6 +268,7 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         cache_size=1.5e9,
         random_state=None,
         verbose=0,
+        distributed="auto",
     ):
         self.stages = stages
         self.flops_target = flops_target
@@ -250,6 +288,7 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         self.cache_size = cache_size
         self.random_state = random_state
         self.verbose = verbose
+        self.distributed = distributed
 
     # ------------------------------------------------------------------ tags
     def __sklearn_tags__(self):
@@ -281,7 +320,11 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features), or for torch stages
             an array/tensor of shape (n_samples, ...) or a DataLoader of
-            ``(x, y)`` batches (then ``y=None``).
+            ``(x, y)`` batches (then ``y=None``). A dask array (scikit-learn
+            stages that ``fit`` does not train) is fitted block by block on
+            the dask scheduler: each chunk of rows runs through the stages
+            where it lies, and only class statistics and per-row exit arrays
+            come back.
         y : array-like of shape (n_samples,)
             Labels; ``None`` with a DataLoader.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -292,9 +335,20 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         self : object
             The fitted estimator.
         """
+        if is_dask_array(X):
+            return self._fit_dask_array(X, y, sample_weight)
         adapter = self._make_adapter()
         rng = check_random_state(self.random_state)
+        collective = process_group(self.distributed)
+        if collective is not None and not adapter.frozen:
+            raise ValueError(
+                "Under torch.distributed every process must run the same stages, but some "
+                "scikit-learn steps are not fitted (fit would train them on each process's "
+                "shard). Fit them first (or wrap them in FrozenEstimator), or pass "
+                "distributed=False."
+            )
         X, y, sample_weight, streaming = validate_fit_input(self, adapter, X, y, sample_weight)
+        max_rows = shard_rows(X) if streaming else None  # DistributedSampler padding cut off
         (X_fit, y_fit, w_fit), tune_rows = calibration_rows(X, y, sample_weight,
                                                              self.calibration, rng, streaming)
         X_tune, y_tune, w_tune = tune_rows or (None, None, None)
@@ -303,22 +357,31 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         data = ClassMeansData(
             adapter=adapter, labels=labels,
             fit_source=forward_source(adapter, X_fit, y_fit, self.batch_size,
-                                      verbose=self.verbose, desc="E2CM fit (class means)"),
-            fit_weights=w_fit, n_fit=n_rows_of(X_fit), y_tune=y_tune, w_tune=w_tune,
-            streaming=streaming)
+                                      verbose=self.verbose, desc="E2CM fit (class means)",
+                                      max_rows=max_rows),
+            fit_weights=w_fit, n_fit=n_rows_of(X_fit) if max_rows is None else max_rows,
+            y_tune=y_tune, w_tune=w_tune, streaming=streaming, collective=collective)
         if X_tune is not None:
             data.tune_source = forward_source(adapter, X_tune, None, self.batch_size,
                                               verbose=self.verbose, desc="E2CM fit (tuning pass)")
         return self._fit_class_means(data, rng)
 
-    def _fit_class_means(self, data, rng):
-        """Both passes from ``data``'s sources, then the cost model and operating point."""
+    def _fit_class_means(self, data, rng, run=None):
+        """Both passes from ``data``'s sources, then the cost model and operating point.
+
+        ``run(params)``, when given, replaces the two passes (it returns a
+        ``ClassMeansFit``): the tuning pass alone for :meth:`finalize`, the
+        block-by-block fit of a dask array.
+        """
         adapter = data.adapter
         stage_flops = resolve_stage_costs(adapter.stage_flops_, adapter.cost_errors_,
                                           self.stage_costs)
         if self.metric == "mahalanobis":
             check_covariance_size(adapter, self.max_covariance_bytes)
-        fit = fit_class_means(data, self._class_means_params(data.cache_ok))
+        params = self._class_means_params(data.cache_ok)
+        fit = fit_class_means(data, params) if run is None else run(params)
+        self.class_statistics_ = fit.statistics
+        self._unseen_classes = None
         warn_if_base_at_chance(adapter, fit.correct[:, -1], fit.label_idx, fit.tune_weights)
         self._fit_times = dict(fit.times)
         self.classes_ = fit.classes
@@ -329,6 +392,45 @@ class EarlyExitClassMeans(ClassifierMixin, EarlyExitBase, BaseEstimator):
         self._finish_fit(adapter, fit.heads, stage_flops, fit.conf, fit.correct,
                          fit.tune_weights, rng)
         return self
+
+    def _fit_dask_array(self, X, y, sample_weight):
+        """fit on a dask array: statistics and exit arrays block by block (its chunks)."""
+        adapter = self._make_adapter()
+        if adapter.backend != "numpy" or not adapter.frozen:
+            raise ValueError(
+                "A dask array needs scikit-learn stages that fit does not train (fitted or "
+                "FrozenEstimator-wrapped steps, or stages=None): its blocks run through the "
+                "same stages on the workers. Fit the steps first; for torch stages pass a "
+                "DataLoader."
+            )
+        if self.calibration is not None:
+            raise ValueError(
+                f"calibration={self.calibration!r} is not supported with a dask array; fit "
+                "on the training blocks and call finalize(X_tune, y_tune) on held-out rows."
+            )
+        if X.ndim != 2:
+            raise ValueError(f"Expected a 2-D dask array; got shape {X.shape}.")
+        if y is None:
+            raise ValueError("requires y to be passed, but the target y is None.")
+        y = column_or_1d(np.asarray(y.compute() if hasattr(y, "compute") else y))
+        check_consistent_length(np.empty((X.shape[0], 0)), y)
+        check_classification_targets(y)
+        classes = np.unique(y)
+        check_n_classes(classes)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, np.empty((X.shape[0], 0)),
+                                                 dtype=np.float64, ensure_non_negative=True)
+        rng = check_random_state(self.random_state)
+        n_first = int(X.chunks[0][0])
+        first = validate_data(self, np.asarray(X[:n_first].compute()), dtype=np.float64,
+                              reset=True)  # sets n_features_in_
+        labels = LabelIndex(classes)
+        fit_adapter(self, adapter, first, y[:n_first],
+                    None if sample_weight is None else sample_weight[:n_first], labels,
+                    False, self.final_classifier)
+        data = ClassMeansData(adapter=adapter, labels=labels, fit_source=None)
+        return self._fit_class_means(data, rng, lambda params: fit_blockwise(
+            X, y, sample_weight, adapter, classes, params, self.batch_size))
 
 
 # ------------------------------------------------ one forward pass shared by many fits

@@ -9,13 +9,13 @@ from sklearn.preprocessing import StandardScaler
 
 from sklearn_e2cm import EarlyExitClassMeans
 from sklearn_e2cm.exits.class_means import (
-    ClassStatsAccumulator,
     ExitHead,
     head_flops,
     oas_shrinkage,
     softmax,
     whitened_head,
 )
+from sklearn_e2cm.exits.statistics import ClassStatsAccumulator
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_exit_head_memory_and_flops_follow_metric():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_torch_class_sums_match_a_loop_over_rows(weighted, dtype):
     torch = pytest.importorskip("torch")
-    from sklearn_e2cm.exits.class_means import _class_sums_csr
+    from sklearn_e2cm.exits.statistics import _class_sums_csr
 
     rng = np.random.default_rng(0)
     n, D, K = 37, 9, 5

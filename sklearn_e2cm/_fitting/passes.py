@@ -9,18 +9,25 @@
 * :func:`collect_stage_outputs` is the per-stage tuning pass: it applies a
   function to every stage vector of a source and concatenates the results per
   stage. Every estimator computes its exit arrays with it.
+* :class:`~sklearn_e2cm._fitting.class_statistics.ClassStatistics` holds the
+  statistics pass's result and merges with statistics fitted on other rows.
 * :func:`fit_class_means` is the statistics pass (class sums, optionally the
   within-class scatter, a cache of the last stages' vectors) followed by the
-  tuning pass (distances or whitened scores, eq. 4 scales, exit arrays).
+  tuning pass (distances or whitened scores, eq. 4 scales, exit arrays);
+  :func:`accumulate_statistics`, :func:`heads_from_statistics` and
+  :func:`tune_class_means` are its parts, for fits that stream the data in
+  several calls (``partial_fit``).
 """
 
+import copy
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .._backend import concat, is_torch, progress, softmax, to_numpy
-from ..exits.class_means import ClassStatsAccumulator, ExitHead, normalized_head, whitened_head
+from ..exits.class_means import ExitHead, normalized_head, whitened_head
+from .class_statistics import ClassStatistics
 from .._memory import HeapGuard
 from .._routing import iter_stages
 from .inputs import check_n_classes
@@ -32,13 +39,17 @@ __all__ = [
     "ClassMeansParams",
     "ClassMeansFit",
     "fit_class_means",
+    "tuning_pass",
+    "accumulate_statistics",
+    "heads_from_statistics",
+    "tune_class_means",
     "row_bytes",
     "check_covariance_size",
     "RowCache",
 ]
 
 
-def forward_source(adapter, X, y, batch_size, *, verbose=0, desc="E2CM pass"):
+def forward_source(adapter, X, y, batch_size, *, verbose=0, desc="E2CM pass", max_rows=None):
     """A source of stage vectors computed by running the stages on ``X``.
 
     Parameters
@@ -52,6 +63,9 @@ def forward_source(adapter, X, y, batch_size, *, verbose=0, desc="E2CM pass"):
         Progress bar over the batches when positive.
     desc : str
         Label of the progress bar.
+    max_rows : int, default=None
+        Read only the first ``max_rows`` rows (``DistributedSampler``
+        padding is cut off this way).
 
     Returns
     -------
@@ -63,7 +77,14 @@ def forward_source(adapter, X, y, batch_size, *, verbose=0, desc="E2CM pass"):
     """
     def source(n_run=None, final=True):
         guard = HeapGuard()
+        left = max_rows
         for Xb, yb in progress(adapter.batches(X, y, batch_size), verbose, desc):
+            if left is not None:
+                if left <= 0:
+                    break
+                if adapter.n_rows(Xb) > left:
+                    Xb, yb = Xb[:left], None if yb is None else yb[:left]
+                left -= adapter.n_rows(Xb)
             yield iter_stages(adapter, Xb, n_run, final), yb, adapter.n_rows(Xb)
             guard.step()
 
@@ -133,6 +154,14 @@ class ClassMeansData:
         ``activate`` by default).
     cache_ok : bool
         Whether stage vectors may be cached between the passes.
+    statistics : ClassStatistics or None
+        Statistics the fit rows are added to (``None``: new ones).
+    collective : object or None
+        With ``torch.distributed``, the process group's reductions
+        (:class:`~sklearn_e2cm._fitting.distributed.ProcessGroupReducer`):
+        the statistics are summed over the processes, the eq. 4 scales come
+        from every process's tuning rows and the exit arrays of all of them
+        are gathered on every process.
     """
 
     adapter: object
@@ -146,6 +175,8 @@ class ClassMeansData:
     streaming: bool = False
     context: object = None
     cache_ok: bool = True
+    statistics: object = None
+    collective: object = None
 
 
 @dataclass
@@ -190,6 +221,8 @@ class ClassMeansFit:
         Covariance shrinkage used per stage (whitened metric).
     times : dict
         Seconds spent in each pass.
+    statistics : ClassStatistics or None
+        The class statistics the heads were built from.
     """
 
     classes: np.ndarray
@@ -202,6 +235,7 @@ class ClassMeansFit:
     tune_weights: object = None
     shrinkage: object = None
     times: dict = field(default_factory=dict)
+    statistics: object = None
 
 
 class RowCache:
@@ -319,10 +353,14 @@ def _statistics_pass(data, params):
     ``cached_from ..`` have all their vectors in ``cache`` (a :class:`RowCache`
     each).
     """
-    adapter, labels = data.adapter, data.labels
+    adapter = data.adapter
     M = adapter.n_stages
     w = data.fit_weights
-    stats = [ClassStatsAccumulator(scatter=params.metric == "mahalanobis") for _ in range(M)]
+    stats = data.statistics
+    if stats is None:
+        stats = ClassStatistics(M, params.metric)
+        stats.labels = data.labels
+    labels = stats.labels
     cache = [None] * M
     y_all, final_all = [], []
     n_seen = 0
@@ -345,7 +383,7 @@ def _statistics_pass(data, params):
         for j, F, idx in items:  # one stage output alive at a time
             if idx is not None:
                 final_all.append(idx)
-            stats[j].update(F, y_idx, wb)  # NaN/inf activations surface in the means
+            stats.update(j, F, y_idx, wb)  # NaN/inf activations surface in the means
             if j >= cached_from:
                 cache[j].add(F)
             del F
@@ -357,11 +395,35 @@ def _statistics_pass(data, params):
     return stats, cache, np.concatenate(y_all), final, cached_from
 
 
-def _sorted_means(stats, labels, data):
+def accumulate_statistics(data, params):
+    """Stream the fit rows of ``data`` once and add their class statistics.
+
+    The statistics pass of :func:`fit_class_means` alone: no stage vector is
+    kept and nothing is tuned.
+
+    Parameters
+    ----------
+    data : ClassMeansData
+        ``data.statistics`` receives the rows (new statistics when ``None``).
+    params : ClassMeansParams
+
+    Returns
+    -------
+    stats : ClassStatistics
+    """
+    context = data.context or data.adapter.activate
+    data = copy.copy(data)
+    data.cache_ok = False
+    with context():
+        stats = _statistics_pass(data, params)[0]
+    return stats
+
+
+def _sorted_means(stats, data):
     """Classes in sorted order, their means per stage and the index permutation."""
-    classes, order = labels.sorted_order()
+    classes, order = stats.labels.sorted_order()
     adapter = data.adapter
-    if data.streaming:
+    if data.streaming or data.collective is not None:  # classes known only now
         final_before = adapter.final_is_classifier
         check_n_classes(classes)
         adapter.set_classes(classes)
@@ -373,12 +435,8 @@ def _sorted_means(stats, labels, data):
             )
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.shape[0])
-    K = classes.shape[0]
-    for acc in stats:
-        if acc.weights.shape[0] < K:
-            acc.grow(K, acc.sums.shape[1])
-    means = [acc.means()[order] for acc in stats]
-    empty = np.flatnonzero(stats[0].weights[order] <= 0)
+    means = stats.means()
+    empty = np.flatnonzero(stats.weights() <= 0)
     if empty.size:
         raise ValueError(
             f"Classes {classes[empty].tolist()} have no training samples with positive "
@@ -399,7 +457,7 @@ def _provisional_heads(means, stats, params):
     if params.metric != "mahalanobis":
         return [ExitHead(C, scale=None) for C in means], None
     heads, shrinkage = [], []
-    for C, acc in zip(means, stats):
+    for C, acc in zip(means, stats.stages):
         head, a = whitened_head(C, acc.within_class_covariance(), params.shrinkage,
                                 n_samples=acc.n_seen)
         heads.append(head)
@@ -407,13 +465,66 @@ def _provisional_heads(means, stats, params):
     return heads, shrinkage
 
 
-def _tuning_pass(adapter, heads, params, source, cache, cached_from, w_tune, final_cached):
+def heads_from_statistics(stats, data, params):
+    """Class means and exit heads from statistics alone, before any tuning pass.
+
+    Whitened heads are complete; Euclidean heads have no eq. 4 scales yet
+    (they compare plain distances): the scales are mean distances of tuning
+    rows to the final means, which :func:`tune_class_means` computes.
+
+    Parameters
+    ----------
+    stats : ClassStatistics
+    data : ClassMeansData
+        Its adapter (and ``streaming``: the adapter learns the classes).
+    params : ClassMeansParams
+
+    Returns
+    -------
+    classes : ndarray of shape (n_classes,)
+    means : list of ndarray of shape (n_classes, D_j)
+    heads : list of ExitHead
+    shrinkage : list of float or None
+    """
+    classes, means, _ = _sorted_means(stats, data)
+    heads, shrinkage = _provisional_heads(means, stats, params)
+    return classes, means, heads, shrinkage
+
+
+def tuning_pass(adapter, heads, params, source, cache, cached_from, w_tune, final_cached,
+                 reduce_sum=None):
     """Pass 2: exit scores of the tuning rows; eq. 4 scales; confidences and predictions.
 
     Euclidean heads need the mean distance of the tuning rows to every class
     mean before they give probabilities, so the distances are collected and
     turned into probabilities at the end; whitened heads are complete after
     pass 1 and their scores are collected.
+
+    Parameters
+    ----------
+    adapter : StageAdapter
+    heads : list of ExitHead
+        Provisional heads (class means, no eq. 4 scale yet); replaced.
+    params : ClassMeansParams
+    source : callable
+        A source of the tuning rows (:func:`forward_source`).
+    cache : list of RowCache or None
+        Stage vectors of the last stages kept by the statistics pass.
+    cached_from : int
+        First stage served from ``cache`` (the stages before it run).
+    w_tune : ndarray or None
+        Weights of the tuning rows (eq. 4 means).
+    final_cached : ndarray or None
+        The base model's class indices on the tuning rows, when known.
+    reduce_sum : callable, default=None
+        Sums the eq. 4 statistics across processes (torch.distributed).
+
+    Returns
+    -------
+    heads : list of ExitHead
+    conf, pred : ndarray of shape (n_tune, n_stages)
+        Largest exit probability and predicted class index per stage.
+    final_idx : ndarray or None
     """
     M = adapter.n_stages
     whitened = params.metric == "mahalanobis"
@@ -438,13 +549,82 @@ def _tuning_pass(adapter, heads, params, source, cache, cached_from, w_tune, fin
     for j in range(M):
         vals = outputs[j][0]
         outputs[j] = None
-        if whitened:
+        if whitened:  # stored from now on in the dtype the stages compute in
+            heads[j] = heads[j].astype(vals.dtype)
             P = softmax(vals)
         else:
-            heads[j], P = normalized_head(heads[j].means, vals, params.normalize, w_tune)
+            heads[j], P = normalized_head(heads[j].means, vals, params.normalize, w_tune,
+                                          reduce_sum=reduce_sum)
         conf.append(P.max(axis=1))
         pred.append(P.argmax(axis=1))
     return heads, np.column_stack(conf), np.column_stack(pred), final_idx
+
+
+def _label_positions(classes, y):
+    """Index of every label of ``y`` in the sorted ``classes``; error on unknown labels."""
+    y = np.asarray(y)
+    pos = np.searchsorted(classes, y)
+    inside = pos < classes.shape[0]
+    known = inside.copy()
+    known[inside] = classes[pos[inside]] == y[inside]
+    if not known.all():
+        unknown = np.unique(y[~known])
+        raise ValueError(
+            f"The tuning labels hold classes {unknown.tolist()[:20]} that the class "
+            f"statistics do not have ({classes.tolist()[:20]})."
+        )
+    return pos
+
+
+def _labelled(source, sink):
+    """The source, recording the label batches it serves in ``sink``."""
+    def wrapped(n_run=None, final=True):
+        for items, yb, n in source(n_run, final):
+            if yb is None:
+                raise ValueError("Tuning batches must carry labels: (x, y) pairs.")
+            sink.append(np.asarray(yb.cpu() if hasattr(yb, "cpu") else yb))
+            yield items, yb, n
+
+    return wrapped
+
+
+def _tune(stats, data, params, times, fit_rows=None):
+    """Heads from ``stats``, then the tuning pass on the fit rows or ``data.tune_source``."""
+    adapter = data.adapter
+    context = data.context or adapter.activate
+    collective = data.collective
+    classes, means, inverse = _sorted_means(stats, data)
+    heads, shrinkage = _provisional_heads(means, stats, params)
+    sink = None
+    if fit_rows is not None and data.tune_source is None:
+        cache, cached_from, y_fit_idx, final_tune = fit_rows
+        y_tune_idx, w_tune, source = inverse[y_fit_idx], data.fit_weights, data.fit_source
+    else:
+        cache, cached_from, final_tune, w_tune = None, adapter.n_stages, None, data.w_tune
+        source = data.tune_source
+        if data.y_tune is None:  # labels come with the batches (a DataLoader)
+            sink = []
+            source = _labelled(source, sink)
+        else:
+            y_tune_idx = _label_positions(classes, data.y_tune)
+    t0 = time.perf_counter()
+    with context():
+        heads, conf, pred, final_idx = tuning_pass(
+            adapter, heads, params, source, cache, cached_from, w_tune, final_tune,
+            reduce_sum=None if collective is None else collective.sum)
+    times["tuning pass"] = time.perf_counter() - t0
+    if sink is not None:
+        y_tune_idx = _label_positions(classes, np.concatenate(sink) if sink else [])
+    if final_idx is not None:
+        pred[:, -1] = final_idx
+    if collective is not None:  # every process gets every process's tuning rows
+        conf, pred, y_tune_idx = (collective.gather_rows(a) for a in (conf, pred, y_tune_idx))
+        if w_tune is not None:
+            w_tune = collective.gather_rows(np.asarray(w_tune, dtype=np.float64))
+    # the means the heads hold (one copy, in the stages' compute dtype)
+    return ClassMeansFit(classes, [h.means for h in heads], heads, conf, pred,
+                         pred == y_tune_idx[:, None], y_tune_idx, w_tune, shrinkage, times,
+                         stats)
 
 
 def fit_class_means(data, params):
@@ -456,6 +636,8 @@ def fit_class_means(data, params):
     (the cache, or the stages again for the stages not cached, or a held-out
     source): distances to the means and their eq. 4 scales, or whitened
     scores; then every row's exit confidence and prediction at every stage.
+    With ``data.collective`` (``torch.distributed``) the statistics are summed
+    over the processes between the passes and the tuning arrays gathered.
 
     Parameters
     ----------
@@ -472,21 +654,30 @@ def fit_class_means(data, params):
     t0 = time.perf_counter()
     with context():
         stats, cache, y_fit_idx, final_fit, cached_from = _statistics_pass(data, params)
+    if data.collective is not None:
+        local = list(stats.labels.labels)
+        data.collective.reduce_statistics(stats)
+        y_fit_idx = stats.labels(local)[y_fit_idx]  # local class index -> common index
     times["class statistics pass"] = time.perf_counter() - t0
-    classes, means, inverse = _sorted_means(stats, data.labels, data)
-    heads, shrinkage = _provisional_heads(means, stats, params)
+    return _tune(stats, data, params, times, (cache, cached_from, y_fit_idx, final_fit))
+
+
+def tune_class_means(stats, data, params):
+    """The tuning pass alone: heads from ``stats``, exit arrays of held-out rows.
+
+    Parameters
+    ----------
+    stats : ClassStatistics
+        Statistics of the fit rows (streamed earlier, merged, ...).
+    data : ClassMeansData
+        ``tune_source`` serves the tuning rows; their labels are ``y_tune``,
+        or come with the batches when ``y_tune`` is ``None`` (a DataLoader).
+    params : ClassMeansParams
+
+    Returns
+    -------
+    fit : ClassMeansFit
+    """
     if data.tune_source is None:
-        y_tune_idx, w_tune, final_tune = inverse[y_fit_idx], data.fit_weights, final_fit
-        source, n_cached_from = data.fit_source, cached_from
-    else:
-        y_tune_idx, w_tune, final_tune = inverse[data.labels(data.y_tune)], data.w_tune, None
-        source, n_cached_from, cache = data.tune_source, adapter.n_stages, None
-    t0 = time.perf_counter()
-    with context():
-        heads, conf, pred, final_idx = _tuning_pass(
-            adapter, heads, params, source, cache, n_cached_from, w_tune, final_tune)
-    times["tuning pass"] = time.perf_counter() - t0
-    if final_idx is not None:
-        pred[:, -1] = final_idx
-    return ClassMeansFit(classes, means, heads, conf, pred, pred == y_tune_idx[:, None],
-                         y_tune_idx, w_tune, shrinkage, times)
+        raise ValueError("tune_class_means needs a tuning source (data.tune_source).")
+    return _tune(stats, data, params, {})

@@ -1,12 +1,11 @@
-"""Class means: streaming statistics, distances, exit probabilities.
+"""Class means: distances, exit heads, exit probabilities.
 
 One implementation serves numpy arrays (scikit-learn stages) and torch
 tensors (torch stages): the functions below only use operations that both
 array types share, and dispatch the few that differ through :func:`xp`.
 
-* :class:`ClassStatsAccumulator` accumulates per-class sums and weights in
-  float64 while batches stream by (eq. 2), optionally with the pooled
-  within-class scatter for the whitened metric.
+* the class statistics the heads are built from stream by in
+  :mod:`~sklearn_e2cm.exits.statistics` (eq. 2);
 * :func:`squared_distances` is eq. 3 as one matrix product per batch.
 * :class:`ExitHead` turns a stage vector into exit scores ``-d / s`` (eq. 4)
   or whitened linear scores, and into probabilities (eq. 5, stable softmax).
@@ -14,14 +13,12 @@ array types share, and dispatch the few that differ through :func:`xp`.
   :class:`ExitHead` computes.
 """
 
-import warnings
-
 import numpy as np
 
-from .._backend import is_torch, softmax, xp
+from .._backend import as_backend, is_torch, softmax
+from .._backend import nbytes as array_nbytes
 
 __all__ = [
-    "ClassStatsAccumulator",
     "oas_shrinkage",
     "normalized_head",
     "whitened_head",
@@ -99,230 +96,22 @@ def head_flops(n_features, n_classes, metric="euclidean", normalize=True):
     raise ValueError(f"metric must be 'euclidean' or 'mahalanobis'; got {metric!r}.")
 
 
-class ClassStatsAccumulator:
-    """Streaming per-class weighted sums (float64), eq. 2.
-
-    Classes are indices ``0 .. n_classes-1``; ``n_classes`` grows when a
-    larger index shows up (labels discovered while streaming a DataLoader).
-    With ``scatter=True`` the total weighted second moment ``Σ w x xᵀ`` is
-    accumulated as well, from which the pooled within-class covariance is
-    derived (:meth:`within_class_covariance`).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> acc = ClassStatsAccumulator()
-    >>> acc.update(np.array([[0.0], [2.0], [10.0]]), np.array([0, 0, 1]))
-    >>> acc.means()
-    array([[ 1.],
-           [10.]])
-    """
-
-    def __init__(self, scatter=False):
-        self.scatter = scatter
-        self.sums = None
-        self.weights = None
-        self.second = None
-        self.shift = None
-        self.n_seen = 0
-        self._resident = {}
-
-    def grow(self, n_classes, n_features):
-        """Make room for ``n_classes`` classes of ``n_features`` features (zeros).
-
-        Allocates the sums on first use; later calls only append zero rows for
-        new classes. Raises ``ValueError`` when ``n_features`` changed.
-
-        Parameters
-        ----------
-        n_classes : int
-            Number of classes to hold (never shrinks).
-        n_features : int
-            Width of the stage vectors.
-
-        Returns
-        -------
-        None
-        """
-        if self.sums is None:
-            self.sums = np.zeros((n_classes, n_features))
-            self.weights = np.zeros(n_classes)
-            if self.scatter:
-                self.second = np.zeros((n_features, n_features))
-            return
-        if self.sums.shape[1] != n_features:
-            raise ValueError(
-                f"Stage features changed width between batches: {self.sums.shape[1]} "
-                f"then {n_features}."
-            )
-        if n_classes > self.sums.shape[0]:
-            extra = n_classes - self.sums.shape[0]
-            self.sums = np.vstack([self.sums, np.zeros((extra, n_features))])
-            self.weights = np.concatenate([self.weights, np.zeros(extra)])
-
-    def update(self, F, y_idx, sample_weight=None):
-        """Add a batch: ``F`` (n, D) numpy or torch, ``y_idx`` (n,) int numpy.
-
-        With ``scatter=True`` statistics are taken around a fixed shift (the
-        first batch's mean), so that the second moments lose no precision to
-        large feature offsets.
-        Each batch's class sums are one matrix product, accumulated across
-        batches in float64; the product itself is in the features' precision
-        for the Euclidean metric and in float64 with ``scatter=True`` (the
-        whitened metric amplifies any error in the means or the covariance).
-
-        Parameters
-        ----------
-        F : ndarray or torch.Tensor of shape (n, D)
-            Stage vectors of the batch.
-        y_idx : array-like of int of shape (n,)
-            Class index of every row.
-        sample_weight : array-like of shape (n,), default=None
-            Row weights (1 when None).
-
-        Returns
-        -------
-        None
-            The statistics are updated in place; an empty batch changes nothing.
-        """
-        y_idx = np.asarray(y_idx, dtype=np.intp)
-        if y_idx.shape[0] == 0:
-            return
-        n_classes = int(y_idx.max()) + 1
-        self.grow(max(n_classes, 0 if self.sums is None else self.sums.shape[0]), F.shape[1])
-        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        K, n = self.sums.shape[0], F.shape[0]
-        if is_torch(F):
-            import torch
-
-            if self.shift is None:
-                self.shift = (F.double().mean(0).cpu().numpy() if self.scatter
-                              else np.zeros(F.shape[1]))
-            if self.scatter:  # float64 throughout: whitening amplifies any error in C or Σ
-                Fx = F.double()
-                Fc = Fx - torch.as_tensor(self.shift, dtype=Fx.dtype, device=F.device)
-            else:  # plain sums need no shift (and no copy of the activations)
-                Fc = F
-            wt = None if w is None else torch.as_tensor(w, dtype=Fc.dtype, device=F.device)
-            if F.device.type == "cpu" and not self.scatter:
-                self.sums += _class_sums_csr(Fc, y_idx, wt, K).double().numpy()
-            else:
-                onehot = torch.zeros((K, n), dtype=Fc.dtype, device=F.device)
-                onehot[torch.as_tensor(y_idx, device=F.device),
-                       torch.arange(n, device=F.device)] = (1.0 if wt is None else wt)
-                self._add_resident("sums", (onehot @ Fc).double(), K)
-            if self.scatter:
-                Fw = Fc if wt is None else Fc * wt[:, None]
-                self._add_resident("second", Fc.T @ Fw, None)
-        else:
-            Fd = np.asarray(F, dtype=np.float64)
-            if self.shift is None:
-                self.shift = Fd.mean(axis=0)
-            Fc = Fd - self.shift
-            Fw = Fc if w is None else Fc * w[:, None]
-            order = np.argsort(y_idx, kind="stable")
-            ys = y_idx[order]
-            starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
-            self.sums[ys[starts]] += np.add.reduceat(Fw[order], starts, axis=0)
-            if self.scatter:
-                self.second += Fc.T @ Fw
-        self.weights += np.bincount(y_idx, weights=w, minlength=K)[:K]
-        self.n_seen += n
-
-    def _add_resident(self, name, value, n_rows):
-        """Accumulate a float64 tensor where it was computed (the stages' device).
-
-        Statistics of device batches stay on the device, in float64, and are
-        added to the host arrays once, when they are read (:meth:`_settle`): no
-        transfer per batch. ``n_rows`` pads a class-sum buffer that grew.
-        """
-        import torch
-
-        resident = self._resident.get(name)
-        if resident is None:
-            self._resident[name] = value.clone()
-            return
-        if n_rows is not None and resident.shape[0] < n_rows:
-            pad = torch.zeros((n_rows - resident.shape[0], resident.shape[1]),
-                              dtype=resident.dtype, device=resident.device)
-            resident = self._resident[name] = torch.cat([resident, pad])
-        resident += value
-
-    def _settle(self):
-        """Add the device-resident statistics to the host arrays (one transfer each)."""
-        for name, resident in self._resident.items():
-            host = resident.cpu().numpy()
-            target = getattr(self, name)
-            target[: host.shape[0]] += host
-        self._resident = {}
-
-    def _centred_means(self):
-        if self.sums is None:
-            raise ValueError("No samples were accumulated.")
-        self._settle()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self.sums / self.weights[:, None]
-
-    def means(self):
-        """Weighted class means, shape (n_classes, n_features), float64.
-
-        Returns
-        -------
-        means : ndarray of float64 of shape (n_classes, n_features)
-            NaN rows for classes with zero total weight.
-        """
-        return self._centred_means() + self.shift
-
-    def within_class_covariance(self):
-        """Pooled within-class covariance ``Σ_k Σ_{i∈k} w_i (x_i - c_k)(x_i - c_k)ᵀ / Σ w``.
-
-        Only available with ``scatter=True`` (else ``ValueError``).
-
-        Returns
-        -------
-        cov : ndarray of float64 of shape (n_features, n_features)
-            Symmetric.
-        """
-        if not self.scatter:
-            raise ValueError("Accumulator was created with scatter=False.")
-        means = self._centred_means()  # covariance is shift-invariant
-        between = (means * self.weights[:, None]).T @ means
-        cov = (self.second - between) / self.weights.sum()
-        return (cov + cov.T) / 2.0
-
-
-def _class_sums_csr(F, y_idx, w, K):
-    """Per-class (weighted) row sums of a CPU tensor as a sparse (K, n) × dense product.
-
-    The class-membership matrix in CSR form makes the product one read of
-    ``F`` (row additions), about twice as fast on CPU as the dense one-hot
-    product, which packs ``F`` for a GEMM with only K output rows.
-    """
-    import torch
-
-    n = F.shape[0]
-    y = torch.as_tensor(y_idx, dtype=torch.long)
-    order = torch.argsort(y, stable=True)
-    crow = torch.zeros(K + 1, dtype=torch.long)
-    crow[1:] = torch.bincount(y, minlength=K).cumsum(0)
-    values = torch.ones(n, dtype=F.dtype) if w is None else w[order]
-    with warnings.catch_warnings():  # CSR support is flagged beta; the product is plain
-        warnings.simplefilter("ignore", UserWarning)
-        member = torch.sparse_csr_tensor(crow, order, values, size=(K, n))
-        return torch.sparse.mm(member, F)
-
-
-def normalized_head(means, distances, normalize=True, sample_weight=None):
+def normalized_head(means, distances, normalize=True, sample_weight=None, reduce_sum=None):
     """Euclidean exit head whose eq. 4 scales come from tuning-data distances.
 
     Parameters
     ----------
     means : ndarray of shape (n_classes, n_features)
     distances : ndarray of shape (n_samples, n_classes)
-        Distances of the tuning samples to ``means`` (eq. 3).
+        Distances of the tuning samples to ``means`` (eq. 3), in the stages'
+        compute dtype: the head stores its arrays in that dtype.
     normalize : bool
         Divide by the (weighted) mean distance to each class (eq. 4).
     sample_weight : ndarray of shape (n_samples,), default=None
+    reduce_sum : callable, default=None
+        Sums an array over the processes holding the other tuning rows
+        (``torch.distributed``): the scales are then mean distances over all
+        of their rows.
 
     Returns
     -------
@@ -335,9 +124,17 @@ def normalized_head(means, distances, normalize=True, sample_weight=None):
     if normalize:
         d64 = np.asarray(distances, dtype=np.float64)
         w = sample_weight
-        scale = d64.mean(axis=0) if w is None else (w @ d64) / np.sum(w)
+        if reduce_sum is None:
+            scale = d64.mean(axis=0) if w is None else (w @ d64) / np.sum(w)
+        else:  # rows on several processes: sums over all of them
+            total = reduce_sum(np.append(d64.sum(axis=0) if w is None else w @ d64,
+                                         d64.shape[0] if w is None else np.sum(w)))
+            scale = total[:-1] / total[-1]
         scale = np.where(scale > 0, scale, 1.0)
-    head = ExitHead(means, scale=scale)
+    # the head stores its arrays in the dtype the distances were computed in (the stages')
+    dtype = (distances.dtype if isinstance(distances, np.ndarray)
+             and np.issubdtype(distances.dtype, np.floating) else None)
+    head = ExitHead(means, scale=scale, dtype=dtype)
     return head, head.proba_from_distances(distances)
 
 
@@ -399,29 +196,72 @@ def whitened_head(means, cov, shrinkage="oas", n_samples=None):
     return ExitHead(C, metric="mahalanobis", coef=W, intercept=b), a
 
 
+def _stored(a, dtype):
+    """``a`` as a contiguous, writable array of ``dtype`` (a CPU tensor can then view it)."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
+
+
 class ExitHead:
     """Exit head of one stage: class means turned into exit probabilities.
+
+    The head keeps one copy of what inference reads, in one dtype: the class
+    means, their squared norms and the inverse eq. 4 scales (Euclidean), or
+    the whitened weights and intercepts (Mahalanobis, with the means), as
+    numpy arrays. Everything derived from the means is computed in float64
+    from the arrays given, then stored in ``dtype``: the stages' compute
+    dtype (float32 for a float32 network), so a batch of stage vectors in
+    that dtype is served without any conversion (a CPU tensor reads the
+    numpy arrays in place). A batch in another dtype gets a temporary
+    conversion; a tensor on another device (a GPU) one copy per device, kept
+    and counted by :meth:`nbytes`.
 
     Parameters
     ----------
     means : ndarray of shape (n_classes, n_features)
-        Class means ``c_k`` (float64).
+        Class means ``c_k``.
     scale : ndarray of shape (n_classes,) or None
         eq. 4 normalisation ``s_k`` (mean distance to class ``k`` on the
-        tuning data); ``None`` means no normalisation.
+        tuning data); ``None`` means no normalisation. Kept in float64.
     metric : {"euclidean", "mahalanobis"}
     coef, intercept : ndarray, optional
         For the whitened metric: ``W = Σ⁻¹ C`` rows and ``b_k = -½ c_kᵀΣ⁻¹c_k``,
         so that the scores are ``x·Wᵀ + b``.
+    dtype : numpy dtype, default=None
+        Floating dtype of the stored arrays (float64 when None).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> head = ExitHead(np.array([[0.0, 0.0], [3.0, 4.0]]), dtype=np.float32)
+    >>> head.means.dtype, head.nbytes()  # means (2 x 2) and norms (2), float32
+    (dtype('float32'), 24)
+    >>> head.proba(np.array([[0.0, 0.1]], dtype=np.float32)).argmax(1)
+    array([0])
     """
 
-    def __init__(self, means, scale=None, metric="euclidean", coef=None, intercept=None):
-        self.means = np.asarray(means, dtype=np.float64)
-        self.scale = None if scale is None else np.asarray(scale, dtype=np.float64)
+    def __init__(self, means, scale=None, metric="euclidean", coef=None, intercept=None,
+                 dtype=None):
+        dtype = np.dtype(np.float64 if dtype is None else dtype)
+        means64 = np.asarray(means, dtype=np.float64)
         self.metric = metric
-        self.coef = coef
-        self.intercept = intercept
+        self.scale = None if scale is None else np.asarray(scale, dtype=np.float64)
+        self.means = _stored(means64, dtype)
+        if metric == "mahalanobis":
+            self.coef = _stored(coef, dtype)
+            self.intercept = _stored(intercept, dtype)
+            self._sqnorm = self._inv = None
+        else:
+            self.coef = self.intercept = None
+            self._sqnorm = np.ascontiguousarray((means64**2).sum(1), dtype=dtype)
+            self._inv = (None if self.scale is None
+                         else np.ascontiguousarray(1.0 / self.scale, dtype=dtype))
         self._cache = {}
+
+    @property
+    def dtype(self):
+        """dtype of the stored arrays."""
+        return self.means.dtype
 
     @property
     def n_classes(self):
@@ -431,30 +271,56 @@ class ExitHead:
     def n_features(self):
         return self.means.shape[1]
 
+    def astype(self, dtype):
+        """The same head with its arrays stored in ``dtype`` (``self`` if they already are).
+
+        The derived arrays (norms, inverse scales) are recomputed from the
+        current means in float64, so a float64 head converted to float32
+        holds exactly what a float32 head built from the float64 means holds.
+
+        Parameters
+        ----------
+        dtype : numpy dtype
+
+        Returns
+        -------
+        head : ExitHead
+        """
+        if np.dtype(dtype) == self.dtype:
+            return self
+        return ExitHead(self.means, self.scale, self.metric, self.coef, self.intercept,
+                        dtype=dtype)
+
+    def _stored(self):
+        if self.metric == "mahalanobis":
+            return (self.coef, self.intercept)
+        return (self.means, self._sqnorm, self._inv)
+
     def _params(self, like):
-        """The head's arrays in the dtype/device of ``like`` (cached)."""
+        """The head's inference arrays in the array type, dtype and device of ``like``.
+
+        The stored arrays themselves for numpy of the stored dtype; zero-copy
+        views for a CPU tensor of that dtype; one kept copy per other device;
+        a temporary conversion otherwise.
+        """
+        stored = self._stored()
         if is_torch(like):
-            key = ("torch", str(like.dtype), str(like.device))
-        else:
-            key = ("numpy", str(like.dtype))
-        if key not in self._cache:
-            ops = xp(like)
-            if self.metric == "mahalanobis":
-                p = (ops.asarray_like(self.coef, like), ops.asarray_like(self.intercept, like))
-            else:
-                inv = None if self.scale is None else ops.asarray_like(1.0 / self.scale, like)
-                p = (
-                    ops.asarray_like(self.means, like),
-                    ops.asarray_like((self.means**2).sum(1), like),
-                    inv,
-                )
-            self._cache[key] = p
-        return self._cache[key]
+            if like.device.type != "cpu":
+                key = (str(like.dtype), str(like.device))
+                if key not in self._cache:
+                    self._cache[key] = tuple(None if a is None else as_backend(a, like)
+                                             for a in stored)
+                return self._cache[key]
+        elif like.dtype == self.dtype:
+            return stored
+        # torch.as_tensor shares the numpy memory when the dtype matches
+        return tuple(None if a is None else as_backend(a, like) for a in stored)
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_cache"] = {}
         return state
+
 
     def distances(self, F):
         """Euclidean distances ``d_k`` (eq. 3), shape (n, K).
@@ -564,19 +430,57 @@ class ExitHead:
         """
         return head_flops(self.n_features, self.n_classes, self.metric, self.scale is not None)
 
-    def nbytes(self, itemsize=8):
-        """Bytes the head stores for inference (means or W, norms/intercepts, scales).
+    def nbytes(self, itemsize=None):
+        """Bytes the head holds (``itemsize=None``), or would hold with ``itemsize``-byte floats.
 
         Parameters
         ----------
-        itemsize : int, default=8
-            Bytes per stored float.
+        itemsize : int or None, default=None
+            ``None``: the bytes of every array the head holds now, as stored
+            (means, norms, scales and inverse scales, or means, whitened
+            weights and intercepts), plus its copies on other devices.
+            An int: the size of what inference needs (means or weights,
+            norms or intercepts, inverse scales) at that many bytes per float.
 
         Returns
         -------
         nbytes : int
         """
         K, D = self.means.shape
-        if self.metric == "mahalanobis":
-            return (K * D + K) * itemsize
-        return (K * D + K + (K if self.scale is not None else 0)) * itemsize
+        if itemsize is not None:
+            if self.metric == "mahalanobis":
+                return (K * D + K) * itemsize
+            return (K * D + K + (K if self.scale is not None else 0)) * itemsize
+        held = [self.means, self.scale, self.coef, self.intercept, self._sqnorm, self._inv]
+        for copies in self._cache.values():
+            held.extend(copies)
+        return int(sum(array_nbytes(a) for a in held if a is not None))
+
+    @staticmethod
+    def nbytes_for(n_classes, n_features, dtype=np.float32, metric="euclidean",
+                   normalize=True):
+        """Bytes a head of this size holds on the host (:meth:`nbytes`), without building it.
+
+        Parameters
+        ----------
+        n_classes, n_features : int
+            ``K`` and ``D``.
+        dtype : numpy dtype, default=float32
+            The stored dtype.
+        metric : {"euclidean", "mahalanobis"}
+        normalize : bool, default=True
+            Whether a Euclidean head has eq. 4 scales.
+
+        Returns
+        -------
+        nbytes : int
+
+        Examples
+        --------
+        >>> ExitHead.nbytes_for(10, 100)  # (1000 means + 10 norms + 10 1/s) * 4 + 10 s * 8
+        4160
+        """
+        K, D, item = int(n_classes), int(n_features), np.dtype(dtype).itemsize
+        if metric == "mahalanobis":  # means, W, b
+            return (2 * K * D + K) * item
+        return (K * D + K + (K if normalize else 0)) * item + (8 * K if normalize else 0)
