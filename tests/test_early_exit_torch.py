@@ -203,18 +203,22 @@ def test_mahalanobis_on_pooled_torch_features_equals_lda(stages, data):
     mag = np.abs(Ft) @ np.abs(head.coef).T + np.abs(head.intercept)
 
     # (1) float64: both solve the same shrunk covariance; sums of D terms (eps64 each),
-    # amplified by cond(Σ) (~10² here), bound the score differences
-    S64 = Ft @ head.coef.T + head.intercept
+    # amplified by cond(Σ) (~10² here), bound the score differences. The head stores W and b
+    # in the features' dtype (float32): their rounding moves each score by at most u·mag,
+    # hence each p by at most expm1(2 u max_k mag_ik) min(p, 1 - p)
+    assert head.coef.dtype == np.float32
+    u = np.finfo(np.float32).eps / 2
+    S64 = Ft @ head.coef.T.astype(np.float64) + head.intercept.astype(np.float64)
     P64 = np.exp(S64 - S64.max(1, keepdims=True))
     P64 /= P64.sum(1, keepdims=True)
     eps64 = np.finfo(np.float64).eps
     tol64 = D * np.linalg.cond(lda.covariance_) * eps64 * mag.max(1, keepdims=True)
-    _assert_within(P64, P_lda, tol64)
+    stored = np.expm1(2 * u * mag.max(1, keepdims=True)) * np.minimum(P_lda, 1 - P_lda)
+    _assert_within(P64, P_lda, tol64 + stored)
 
     # (2) float32 path: |δs_ik| <= (D + 3) u mag_ik (u = eps32/2: the D-term dot product,
     # rounding W and b to float32, adding b) whatever the summation order; a softmax moves
     # each p by at most expm1(2 max_k |δs_ik|) min(p, 1 - p), plus its own float32 rounding
-    u = np.finfo(np.float32).eps / 2
     delta = (D + 3) * u * mag.max(1, keepdims=True)
     P = list(clf.staged_predict_proba(Xte))[1]
     tol32 = (np.expm1(2 * delta) * np.minimum(P_lda, 1 - P_lda)

@@ -54,12 +54,14 @@ class ExitHeadProtocol(Protocol):
         flops : float
         """
 
-    def nbytes(self, itemsize=8):
-        """Bytes the head stores for inference, with ``itemsize``-byte floats.
+    def nbytes(self, itemsize=None):
+        """Bytes the head holds (``None``), or stores for inference with ``itemsize``-byte floats.
 
         Parameters
         ----------
-        itemsize : int, default=8
+        itemsize : int or None, default=None
+            ``None``: every array the head holds now, as stored, with its
+            copies on other devices (what ``memory_overhead_bytes_`` sums).
 
         Returns
         -------

@@ -77,9 +77,13 @@ def _candidate_inputs(model):
     if isinstance(shape, (tuple, list)) and shape and all(isinstance(s, numbers.Integral)
                                                           for s in shape):
         cands.append((1, *shape))
+    size = getattr(model, "image_size", None)  # torchvision's VisionTransformer has one
+    sizes = (32, 28, 64, 224)
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool) and size > 0:
+        sizes = (int(size),) + tuple(s for s in sizes if s != size)
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            cands += [(1, m.in_channels, s, s) for s in (32, 28, 64, 224)]
+            cands += [(1, m.in_channels, s, s) for s in sizes]
             break
         if isinstance(m, nn.Conv1d):
             cands += [(1, m.in_channels, s) for s in (64, 128, 28)]
@@ -140,6 +144,14 @@ def split_into_stages(model, example_input=None, *, atol=1e-5):
       higher-dimensional tensor whose flattened size is its ``in_features``
       (the ``torch.flatten(x, 1)`` of the model's forward).
 
+    A vision transformer laid out as torchvision's ``VisionTransformer``
+    (``conv_proj``, ``class_token``, ``encoder`` with ``pos_embedding``,
+    ``dropout``, ``layers`` and ``ln``, then ``heads``) is split as its
+    forward runs: the stem embeds the patches, prepends the class token and
+    adds the position embedding (then dropout); each encoder block is a
+    stage, its output the ``(n, tokens, hidden)`` sequence; the last stage
+    is the final norm, the class token and ``heads``.
+
     The result is checked on a probe batch: the stages run in sequence must
     give ``model(x)`` within ``atol``, in eval mode (the training flags of the
     model are restored afterwards). The stages share their parameters with
@@ -153,8 +165,8 @@ def split_into_stages(model, example_input=None, *, atol=1e-5):
         Probe batch (with the batch dimension). When ``None`` it is inferred:
         ``(1, *model.input_shape)`` when the model has an ``input_shape``
         attribute, else from the first convolution's ``in_channels`` (square
-        inputs of 32, 28, 64 then 224 pixels are tried) or the first linear
-        layer's ``in_features``.
+        inputs of ``model.image_size`` when it has one, then 32, 28, 64 and
+        224 pixels are tried) or the first linear layer's ``in_features``.
     atol : float, default=1e-5
         Largest absolute difference allowed between the stages' output and
         ``model(x)``.
@@ -216,6 +228,12 @@ def split_into_stages(model, example_input=None, *, atol=1e-5):
     if not isinstance(atol, numbers.Real) or isinstance(atol, bool) or atol < 0:
         raise ValueError(f"atol must be a float >= 0; got {atol!r}.")
     names = [n for n, _ in children]
+    vit = _vision_transformer_stages(model)
+    if vit is not None:
+        with _eval_mode([model]), torch.no_grad():
+            x, ref = _probe(model, example_input)
+            _verify(model, names, vit, x, ref, atol)
+        return vit
     head_name = children[-1][0] if _is_head(*children[-1]) else None
     items = _expand(children, head_name)
     with _eval_mode([model]), torch.no_grad():
@@ -224,6 +242,63 @@ def split_into_stages(model, example_input=None, *, atol=1e-5):
         staged = _group(walked, head_name is not None)
         _verify(model, names, staged, x, ref, atol)
     return staged
+
+
+class _PatchEmbeddingStem(nn.Module):
+    """Stem of a torchvision-style vision transformer: patches, class token, positions.
+
+    Holds the model's own modules and parameters (nothing is copied).
+    """
+
+    def __init__(self, conv_proj, class_token, pos_embedding, dropout):
+        super().__init__()
+        self.conv_proj = conv_proj
+        self.class_token = class_token
+        self.pos_embedding = pos_embedding
+        self.dropout = dropout
+
+    def forward(self, x):
+        x = self.conv_proj(x)  # (n, hidden, h, w)
+        n, hidden = x.shape[:2]
+        x = x.reshape(n, hidden, -1).permute(0, 2, 1)  # (n, h * w, hidden)
+        x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)
+        return self.dropout(x + self.pos_embedding)
+
+
+class _ClassTokenHead(nn.Module):
+    """Last stage of a torchvision-style vision transformer: norm, class token, ``heads``."""
+
+    def __init__(self, ln, heads):
+        super().__init__()
+        self.ln = ln
+        self.heads = heads
+
+    def forward(self, x):
+        return self.heads(self.ln(x)[:, 0])
+
+
+def _vision_transformer_stages(model):
+    """Stages of a model with torchvision's ``VisionTransformer`` layout, else ``None``."""
+    enc = getattr(model, "encoder", None)
+    parts = (getattr(model, "conv_proj", None), getattr(model, "class_token", None),
+             getattr(model, "heads", None))
+    if enc is None or any(p is None for p in parts):
+        return None
+    conv_proj, class_token, heads = parts
+    pos, drop, layers, ln = (getattr(enc, a, None)
+                             for a in ("pos_embedding", "dropout", "layers", "ln"))
+    if not (isinstance(conv_proj, nn.Module) and isinstance(class_token, torch.Tensor)
+            and isinstance(pos, torch.Tensor) and isinstance(layers, (nn.Sequential, nn.ModuleList))
+            and isinstance(ln, nn.Module) and isinstance(heads, nn.Module) and len(layers) > 0):
+        return None
+    stages = OrderedDict()
+    stages["stem"] = _PatchEmbeddingStem(conv_proj, class_token, pos,
+                                         drop if isinstance(drop, nn.Module) else nn.Identity())
+    used = {"stem", "head"}
+    for name, block in layers.named_children():
+        stages[_stage_name([(name, block)], used, False)] = block
+    stages["head"] = _ClassTokenHead(ln, heads)
+    return nn.Sequential(stages)
 
 
 def _probe(model, example_input):
