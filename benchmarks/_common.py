@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("SKLEARN_E2CM_BENCH_RESULTS",
+                            Path(__file__).resolve().parent / "results"))
 CACHE = Path(os.environ.get("SKLEARN_E2CM_BENCH_CACHE", Path.home() / ".cache" / "sklearn_e2cm"))
 
 
@@ -121,3 +122,64 @@ def write(name, payload, table_md):
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=float))
     (RESULTS / f"{name}.md").write_text(table_md)
     print(table_md)
+
+
+def serve_configs(configs, Xtr, ytr, Xte, yte, targets, log=print):
+    """Fit every configuration once, serve it at every target, measure on the test rows.
+
+    ``configs`` maps a name to a zero-argument factory of an unfitted
+    estimator. Each is fitted at ``targets[0]`` and moved to the other targets
+    with ``set_operating_point`` (no refit). Returns ``(rows, fit_seconds)``.
+    """
+    rows, fits = [], {}
+    for name, make in configs.items():
+        est = make()
+        t0 = time.perf_counter()
+        est.set_params(flops_target=targets[0]).fit(Xtr, ytr)
+        fits[name] = time.perf_counter() - t0
+        extra = getattr(est, "n_epochs_", None)
+        log(f"{name}: fit {fits[name]:.1f} s" + (f", epochs {extra}" if extra else ""))
+        for phi in targets:
+            est.set_operating_point(flops_target=phi)
+            r = est.route(Xte)
+            rows.append({"method": name, "flops_target": phi,
+                         "test_flops": float(r.flops.mean()),
+                         "test_accuracy": float(np.mean(r.y_pred == yte)),
+                         "epochs": extra})
+    return rows, fits
+
+
+def accuracy_table(configs, rows, fits, targets):
+    """Markdown rows: accuracy (FLOPs) of every configuration at every target."""
+    md = ["| method | fit (s) | " + " | ".join(f"φ = {t}" for t in targets) + " |",
+          "|---|---|" + "---|" * len(targets)]
+    for name in configs:
+        cells = [f"{r['test_accuracy']:.3f} ({r['test_flops']:.2f})"
+                 for r in rows if r["method"] == name]
+        md.append(f"| {name} | {fits[name]:.0f} | " + " | ".join(cells) + " |")
+    return md
+
+
+def accuracy_plot(configs, rows, name):
+    """PNG of test accuracy against test FLOPs per configuration; its markdown line, or []."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for cname in configs:
+        rs = [r for r in rows if r["method"] == cname]
+        ax.plot([r["test_flops"] for r in rs], [r["test_accuracy"] for r in rs], "o-",
+                label=cname)
+    ax.set_xlabel("test FLOPs (base model = 1)")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
+    plt.close(fig)
+    return ["", f"![accuracy against FLOPs]({name}.png)"]

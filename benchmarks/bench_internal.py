@@ -10,16 +10,22 @@ time.
 Run: ``python benchmarks/bench_internal.py [--epochs 1] [--n-train N]``
 (needs the Debian package ``dataset-fashion-mnist``). Results:
 ``benchmarks/results/internal.{json,md,png}``.
+
+A shorter run: ``--n-fit N`` fits the early exits on the first N training
+images only (the network stays the cached 60k one), ``--only`` keeps the
+configurations named, ``--targets`` sets the FLOP targets and ``--name`` the
+results' file name, e.g. ``python benchmarks/bench_internal.py --n-fit 10000
+--only "SDN" "SDN + E2CM (consult)" --targets 0.15 0.3 --name internal_10k``.
 """
 
 import argparse
+import shlex
 import sys
-import time
-
-import numpy as np
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from _common import RESULTS, load_fashion, machine, trained_resnet, write  # noqa: E402
+from _common import (  # noqa: E402
+    accuracy_plot, accuracy_table, load_fashion, machine, serve_configs, trained_resnet, write,
+)
 
 TARGETS = [0.15, 0.2, 0.25, 0.3, 0.5]
 
@@ -32,7 +38,15 @@ def main():
     p.add_argument("--pooling", default="avg4",
                    help="feature reduction before the ICs and class means")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n-fit", type=int, default=None,
+                   help="fit the early exits on the first N training images only")
+    p.add_argument("--only", nargs="+", default=None,
+                   help="run only the configurations of these names (as in the table)")
+    p.add_argument("--targets", type=float, nargs="+", default=TARGETS,
+                   help="FLOP targets served (default: %(default)s)")
+    p.add_argument("--name", default="internal", help="results file name (no extension)")
     args = p.parse_args()
+    targets = args.targets
 
     import torch
 
@@ -42,6 +56,8 @@ def main():
     torch.set_num_threads(args.threads)
     Xtr, ytr, Xte, yte = load_fashion(args.n_train, None)
     net, _ = trained_resnet(Xtr, ytr if args.n_train is None else ytr, epochs=3)
+    if args.n_fit:
+        Xtr, ytr = Xtr[:args.n_fit], ytr[:args.n_fit]
     stages = split_into_stages(net)
     common = dict(batch_size=args.batch_size, random_state=0)
     configs = {
@@ -53,12 +69,21 @@ def main():
         "SDN + E2CM (and)": lambda: InternalClassifierEarlyExit(
             stages, method="sdn", epochs=args.epochs, pooling=args.pooling, class_means=True,
             combine="and", **common),
+        "SDN + E2CM (consult)": lambda: InternalClassifierEarlyExit(
+            stages, method="sdn", epochs=args.epochs, pooling=args.pooling,
+            combine="consult", **common),
+        "SDN + E2CM (class means in, consult)": lambda: InternalClassifierEarlyExit(
+            stages, method="sdn", epochs=args.epochs, pooling=args.pooling, class_means=True,
+            combine="consult", **common),
         "SDN + E2CM (or)": lambda: InternalClassifierEarlyExit(
             stages, method="sdn", epochs=args.epochs, pooling=args.pooling, class_means=True,
             combine="or", **common),
         "SDN + whitened E2CM (and)": lambda: InternalClassifierEarlyExit(
             stages, method="sdn", epochs=args.epochs, pooling=args.pooling, class_means=True,
             combine="and", metric="mahalanobis", **common),
+        "SDN + whitened E2CM (consult)": lambda: InternalClassifierEarlyExit(
+            stages, method="sdn", epochs=args.epochs, pooling=args.pooling, class_means=True,
+            combine="consult", metric="mahalanobis", **common),
         "SDN + whitened E2CM (or)": lambda: InternalClassifierEarlyExit(
             stages, method="sdn", epochs=args.epochs, pooling=args.pooling, class_means=True,
             combine="or", metric="mahalanobis", **common),
@@ -67,20 +92,14 @@ def main():
         "BWDS": lambda: InternalClassifierEarlyExit(
             stages, method="bwds", epochs=args.epochs, pooling=args.pooling, **common),
     }
-    rows, fits = [], {}
-    for name, make in configs.items():
-        est = make()
-        t0 = time.perf_counter()
-        est.set_params(flops_target=TARGETS[0]).fit(Xtr, ytr)
-        fits[name] = time.perf_counter() - t0
-        print(f"{name}: fit {fits[name]:.1f} s", flush=True)
-        for phi in TARGETS:
-            est.set_operating_point(flops_target=phi)
-            r = est.route(Xte)
-            rows.append({"method": name, "flops_target": phi,
-                         "test_flops": float(r.flops.mean()),
-                         "test_accuracy": float(np.mean(r.y_pred == yte))})
-    payload = {"command": " ".join(["python"] + sys.argv), "machine": machine(),
+    if args.only:
+        unknown = sorted(set(args.only) - set(configs))
+        if unknown:
+            p.error(f"unknown configuration(s) {unknown}; known: {list(configs)}")
+        configs = {k: v for k, v in configs.items() if k in args.only}
+    rows, fits = serve_configs(configs, Xtr, ytr, Xte, yte, targets,
+                               log=lambda m: print(m, flush=True))
+    payload = {"command": shlex.join(["python"] + sys.argv), "machine": machine(),
                "network": "resnet_small(depth=20, width=16), 3 epochs", "epochs": args.epochs,
                "pooling": args.pooling, "n_train": len(ytr), "fit_seconds": fits,
                "rows": rows}
@@ -89,34 +108,8 @@ def main():
           f"Thresholds tuned on the {len(ytr)} training images; test accuracy (test FLOPs) "
           f"on the {len(yte)} test images. ICs: pooling {args.pooling!r} + one linear layer, "
           f"{args.epochs} epoch(s) of Adam on the frozen network.", "",
-          "| method | fit (s) | " + " | ".join(f"φ = {t}" for t in TARGETS) + " |",
-          "|---|---|" + "---|" * len(TARGETS)]
-    for name in configs:
-        cells = [f"{r['test_accuracy']:.3f} ({r['test_flops']:.2f})"
-                 for r in rows if r["method"] == name]
-        md.append(f"| {name} | {fits[name]:.0f} | " + " | ".join(cells) + " |")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name in configs:
-            rs = [r for r in rows if r["method"] == name]
-            ax.plot([r["test_flops"] for r in rs], [r["test_accuracy"] for r in rs], "o-",
-                    label=name)
-        ax.set_xlabel("test FLOPs (base model = 1)")
-        ax.set_ylabel("test accuracy")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        fig.savefig(RESULTS / "internal.png", dpi=120)
-        md += ["", "![accuracy against FLOPs](internal.png)"]
-    except ImportError:
-        pass
-    write("internal", payload, "\n".join(md) + "\n")
+          ] + accuracy_table(configs, rows, fits, targets) + accuracy_plot(configs, rows, args.name)
+    write(args.name, payload, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

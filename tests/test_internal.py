@@ -46,10 +46,11 @@ def _softmax(z):
 
 
 def _brute_conf(head, F):
-    """Per-sample loop: the IC's probabilities and its raw confidence."""
+    """Per-sample loop: the IC's probabilities, its raw confidence and E²CM's
+    (for ``combine="consult"``: whether E²CM's class equals the IC's, 1.0 / 0.0)."""
     P, conf, conf_e = [], [], []
     for x in F:
-        v = x
+        v, score = x, None
         if head.e2cm is not None and (head.e2cm_input or head.combine):
             if head.e2cm.metric == "mahalanobis":
                 score = head.e2cm.coef @ x + head.e2cm.intercept
@@ -57,9 +58,13 @@ def _brute_conf(head, F):
                 d = np.sqrt(((head.e2cm.means - x[None, :]) ** 2).sum(1))
                 score = -d / head.e2cm.scale
             if head.e2cm_input:
-                v = np.concatenate([x, -score])
-            conf_e.append(_softmax(score[None, :])[0].max())
+                extra = -score if head.e2cm_mean is None else (
+                    (head.e2cm_mean - (score - score.mean())) / head.e2cm_std)
+                v = np.concatenate([x, extra])
         p = _softmax((head.W @ v + head.b)[None, :])[0]
+        if score is not None:
+            conf_e.append(float(np.argmax(score) == np.argmax(p)) if head.combine == "consult"
+                          else _softmax(score[None, :])[0].max())
         P.append(p)
         if head.criterion == "max_proba":
             conf.append(p.max())
@@ -75,6 +80,8 @@ def _brute_conf(head, F):
     {"class_means": True}, {"combine": "and"}, {"combine": "or"},
     {"method": "bwds", "class_means": True, "combine": "or"},
     {"class_means": True, "combine": "and", "metric": "mahalanobis"},
+    {"combine": "consult"}, {"class_means": True, "combine": "consult", "metric": "mahalanobis"},
+    {"method": "bwds", "combine": "consult"},
 ])
 def test_routing_matches_brute_force(digits, kw):
     Xtr, Xte, ytr, yte = digits
@@ -88,7 +95,9 @@ def test_routing_matches_brute_force(digits, kw):
     for g in range(3):
         head = ic._heads[g]
         P, conf, conf_e = _brute_conf(head, feats[g])
-        if head.combine:
+        if head.combine == "consult":
+            conf = np.where(conf_e == 1.0, conf, 0.0)
+        elif head.combine:
             qi = np.searchsorted(head.q_ic, conf, side="right") / len(head.q_ic)
             qe = np.searchsorted(head.q_e2cm, conf_e, side="right") / len(head.q_e2cm)
             conf = np.minimum(qi, qe) if head.combine == "and" else np.maximum(qi, qe)

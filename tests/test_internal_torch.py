@@ -32,7 +32,10 @@ def _staged_outputs(net, X):
 
 
 @pytest.mark.parametrize("kw", [{"method": "sdn"}, {"method": "branchynet"},
-                                {"method": "bwds", "class_means": True, "combine": "and"}])
+                                {"method": "bwds", "class_means": True, "combine": "and"},
+                                {"method": "sdn", "class_means": True, "combine": "consult",
+                                 "metric": "mahalanobis"},
+                                {"method": "branchynet", "combine": "consult"}])
 def test_torch_routing_matches_brute_force_and_leaves_net_untouched(net, data, kw):
     Xtr, ytr, Xte, yte = data
     state = {k: v.clone() for k, v in net.state_dict().items()}

@@ -126,11 +126,13 @@ def test_routing_on_cuda_equals_cpu(fitted):
     assert np.mean(cpu.exit_stage == gpu.exit_stage) > 0.99
 
 
-def test_internal_classifier_routes_on_the_device(digit_images, monkeypatch):
+@pytest.mark.parametrize("kw", [{"combine": "and"},
+                                {"combine": "consult", "metric": "mahalanobis"}])
+def test_internal_classifier_routes_on_the_device(digit_images, monkeypatch, kw):
     Xtr, ytr, Xte, yte = digit_images
     ic = InternalClassifierEarlyExit(_net(), exit_at=[0, 1], epochs=1, class_means=True,
-                                     combine="and", flops_target=0.5, batch_size=100,
-                                     random_state=0).fit(Xtr, ytr)
+                                     flops_target=0.5, batch_size=100,
+                                     random_state=0, **kw).fit(Xtr, ytr)
     a = ic.route(Xte)
     X = torch.from_numpy(Xte)
     spy = _TransferSpy(monkeypatch)
@@ -183,7 +185,7 @@ def test_activation_does_not_move_modules_in_place(digit_images, monkeypatch):
 
 @pytest.mark.parametrize("scatter", [False, True])
 def test_class_statistics_of_tensors_are_read_back_once(scatter, monkeypatch):
-    from sklearn_e2cm.exits.class_means import ClassStatsAccumulator
+    from sklearn_e2cm.exits.statistics import ClassStatsAccumulator
 
     rng = np.random.default_rng(0)
     F = rng.standard_normal((600, 5)).astype(np.float32) + 3.0

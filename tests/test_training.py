@@ -247,6 +247,63 @@ def test_estimator_leaves_the_network_untouched():
     assert ic._heads[0].W.dtype == np.float64
 
 
+class _Model:
+    """A stand-in with a parameter that is its epoch count."""
+
+    def __init__(self):
+        self.epoch = 0
+
+    def state(self):
+        return self.epoch
+
+    def load_state(self, state):
+        self.epoch = state
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_epoch():
+    from sklearn_e2cm._fitting.training import EarlyStopping, StopTraining
+
+    curves = [[3.0, 2.0, 2.5, 2.6, 2.7, 1.0], [5.0, 4.0, 3.9, 3.95, 3.99, 0.5]]
+    models = [_Model(), _Model()]
+
+    def losses():
+        return [c[models[0].epoch - 1] for c in curves]
+
+    stopper = EarlyStopping(models, losses, patience=2, tol=0.01)
+    with pytest.raises(StopTraining):
+        for epoch in range(1, 7):
+            for m in models:
+                m.epoch = epoch
+            stopper(epoch, float(epoch))
+    # model 0 last improved at epoch 2, model 1 at epoch 3 (by more than tol): stop at 5
+    assert stopper.epochs_run == 5 and stopper.history == [1.0, 2.0, 3.0, 4.0, 5.0]
+    stopper.restore()
+    assert [m.epoch for m in models] == [2, 3]
+    assert stopper.best_losses == [2.0, 3.9]
+
+
+def test_internal_classifiers_stop_early_on_held_out_rows():
+    X, y = _digits()
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    stages = [StandardScaler(), Nystroem(n_components=200, random_state=0),
+              LogisticRegression(max_iter=300)]
+    kw = dict(exit_at=[0], epochs=60, early_stopping=True, n_iter_no_change=2,
+              learning_rate=0.05, flops_target=0.6, random_state=0)
+    ic = InternalClassifierEarlyExit(stages, **kw).fit(X, y)
+    assert 2 < ic.n_epochs_["IC training"] < 60
+    assert len(ic._fit_losses["IC training"]) == ic.n_epochs_["IC training"]
+    again = InternalClassifierEarlyExit(stages, **kw).fit(X, y)
+    np.testing.assert_array_equal(ic.predict(X), again.predict(X))
+    assert abs(ic.route(X).flops.mean() - 0.6) < 0.02
+    plain = InternalClassifierEarlyExit(stages, **{**kw, "early_stopping": False, "epochs": 3})
+    assert plain.fit(X, y).n_epochs_ == {"IC training": 3}
+    with pytest.raises(ValueError, match="validation_fraction=0.0001 leaves 0 of the"):
+        InternalClassifierEarlyExit(stages, **{**kw, "validation_fraction": 1e-4}).fit(X, y)
+
+
 def test_numpy_stages_without_torch_raise_a_clear_import_error(monkeypatch):
     X, y = _blobs(n=32, d=4, k=2)
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails
@@ -289,3 +346,21 @@ def test_run_epochs_end_epoch_hook_and_summary_line(capsys):
     with pytest.raises(FloatingPointError, match="stop at 1"):
         run_epochs(4, 3, seen.append, batch_size=2, end_epoch=stop)
     assert len(seen) == 2  # one epoch of two batches, then the hook stopped it
+
+
+def test_long_silent_training_warns_once_with_the_time_left(monkeypatch):
+    from sklearn_e2cm import _backend
+    from sklearn_e2cm._fitting.training import run_epochs
+
+    monkeypatch.setattr(_backend, "LONG_WORK_SECONDS", 0.0)
+    with pytest.warns(UserWarning, match=r"my training: 1 of 4 epochs took \d+ s, so about .* "
+                                         r"remain at most. Pass verbose=1") as record:
+        run_epochs(10, 4, lambda b: 1.0, batch_size=5, desc="my training")
+    assert len(record) == 1
+    import warnings
+
+    with warnings.catch_warnings():  # progress bars shown, or a short run: no notice
+        warnings.simplefilter("error")
+        run_epochs(10, 4, lambda b: 1.0, batch_size=5, desc="shown", verbose=1)
+        monkeypatch.setattr(_backend, "LONG_WORK_SECONDS", 1e9)
+        run_epochs(10, 4, lambda b: 1.0, batch_size=5, desc="short")

@@ -48,10 +48,12 @@ import contextlib
 
 import numpy as np
 
-from .._backend import import_torch, is_torch, progress, to_numpy
+from .._backend import LongWorkNotice, import_torch, is_torch, progress, to_numpy
 
 __all__ = [
+    "EarlyStopping",
     "LinearSoftmaxTrainer",
+    "StopTraining",
     "grad_mode",
     "trainable",
     "weighted_cross_entropy",
@@ -277,6 +279,7 @@ def run_epochs(n_rows, epochs, step, *, rng=None, batch_size=None, batches=None,
             return _slices(order, batch_size)
 
     losses = []
+    notice = LongWorkNotice(desc, verbose)
     for epoch in range(1, epochs + 1):
         label = f"{desc} (epoch {epoch}/{epochs})"
         order = epoch_order(n_rows, rng)
@@ -284,6 +287,7 @@ def run_epochs(n_rows, epochs, step, *, rng=None, batch_size=None, batches=None,
         summary = None if end_epoch is None else end_epoch(epoch, losses[-1])
         if verbose and summary is not None:
             _write(f"{label}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+        notice.update(epoch, epochs)
     return losses
 
 
@@ -387,6 +391,44 @@ class LinearSoftmaxTrainer:
             self.opt, lambda: weighted_cross_entropy(self.layer(self.standardize(Vt)), yt, wt))
         return self
 
+    def loss(self, V, y_idx, sample_weight=None):
+        """Cross-entropy of the current layer on ``V`` (no step); NaN before any step.
+
+        Parameters
+        ----------
+        V : ndarray or torch.Tensor of shape (n, d)
+        y_idx : array-like of int of shape (n,)
+        sample_weight : array-like of shape (n,), default=None
+
+        Returns
+        -------
+        loss : float
+        """
+        if self.layer is None or V.shape[0] == 0:
+            return float("nan")
+        what = "InternalClassifierEarlyExit"
+        torch = import_torch(what)
+        Vt = trainable(V, what=what)
+        yt = trainable(np.asarray(y_idx), dtype=torch.long, device=Vt.device, what=what)
+        wt = None if sample_weight is None else trainable(
+            np.asarray(sample_weight, dtype=np.float64), dtype=Vt.dtype, device=Vt.device,
+            what=what)
+        with torch.inference_mode(False), torch.no_grad():
+            return float(weighted_cross_entropy(self.layer(self.standardize(Vt)), yt, wt))
+
+    def state(self):
+        """A copy of the layer's parameters (None before any step)."""
+        if self.layer is None:
+            return None
+        return [p.detach().clone() for p in self.layer.parameters()]
+
+    def load_state(self, state):
+        """Put back parameters returned by :meth:`state`."""
+        torch = import_torch("InternalClassifierEarlyExit")
+        with torch.inference_mode(False), torch.no_grad():
+            for p, v in zip(self.layer.parameters(), state):
+                p.copy_(v)
+
     def export(self):
         """``(W, b)`` of the layer on standardised-free inputs, as float64 numpy."""
         inv_sd = to_numpy(self.inv_sd).astype(np.float64)
@@ -394,3 +436,66 @@ class LinearSoftmaxTrainer:
         b = to_numpy(self.layer.bias).astype(np.float64) - W @ to_numpy(self.mu).astype(
             np.float64)
         return W, b
+
+
+class StopTraining(Exception):
+    """Raised by an ``end_epoch`` callback to end :func:`run_epochs` early."""
+
+
+class EarlyStopping:
+    """End-of-epoch callback of :func:`run_epochs` that stops on a validation loss.
+
+    After every epoch each model's loss on held-out rows is read; a model
+    improves when its loss falls by more than ``tol`` below its best so far,
+    and its parameters are then copied. Training stops (:class:`StopTraining`)
+    once no model has improved for ``patience`` epochs; :meth:`restore` puts
+    every model back to its best parameters.
+
+    Parameters
+    ----------
+    models : list
+        Objects with ``state()`` and ``load_state(state)`` (e.g.
+        :class:`LinearSoftmaxTrainer`).
+    losses : callable
+        ``losses() -> list of float``, each model's validation loss now.
+    patience : int
+        Epochs without improvement before stopping.
+    tol : float, default=1e-4
+        Smallest decrease of the loss that counts as an improvement.
+
+    Attributes
+    ----------
+    epochs_run : int
+        Epochs completed so far.
+    history : list of float
+        The training loss of every completed epoch.
+    best_losses : list of float
+    """
+
+    def __init__(self, models, losses, patience, tol=1e-4):
+        self.models, self.losses, self.patience, self.tol = models, losses, patience, tol
+        self.best_losses = [np.inf] * len(models)
+        self._best = [None] * len(models)
+        self._since = [0] * len(models)
+        self.epochs_run = 0
+        self.history = []
+
+    def __call__(self, epoch, loss):
+        self.epochs_run = epoch
+        self.history.append(loss)
+        current = self.losses()
+        for g, value in enumerate(current):
+            if value < self.best_losses[g] - self.tol:
+                self.best_losses[g], self._since[g] = value, 0
+                self._best[g] = self.models[g].state()
+            else:
+                self._since[g] += 1
+        if all(n >= self.patience for n in self._since):
+            raise StopTraining(epoch)
+        return {"validation loss": float(np.nansum(current))}
+
+    def restore(self):
+        """Load every model's best parameters (those that improved at least once)."""
+        for model, state in zip(self.models, self._best):
+            if state is not None:
+                model.load_state(state)
