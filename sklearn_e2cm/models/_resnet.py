@@ -78,6 +78,21 @@ class ResNetSmall(nn.Module):
     ``2w``, ``4w``, strides 1, 2, 2), ``avgpool`` (``nn.AdaptiveAvgPool2d(1)``)
     and ``fc`` (``nn.Linear(4w, n_classes)``).
 
+    Parameters
+    ----------
+    depth : int
+        Number of weighted layers, ``6n + 2`` (``n`` blocks per group).
+    width : int
+        Channels of the stem and the first group.
+    in_channels : int
+        Channels of the input images.
+    n_classes : int
+        Outputs of the final linear layer.
+    input_size : int or tuple of int
+        Height and width the network is built for.
+    zero_init_residual : bool, default=False
+        Start the last batch norm of every block at zero.
+
     Attributes
     ----------
     depth, width, in_channels, n_classes : int

@@ -228,7 +228,7 @@ class SklearnStages(StageAdapter):
         -------
         class_index : ndarray of int of shape (n,)
             Indices of the predictions in ``classes_``.
-        proba : ndarray of shape (n, len(classes_))
+        proba : ndarray of shape (n, n_classes)
         """
         clf = self.fitted_steps_[-1]
         pred = clf.predict(Z)
