@@ -8,6 +8,7 @@ scikit-learn path never imports it.
 This module imports nothing of the package (it is the bottom layer).
 """
 
+import logging
 import sys
 
 import numpy as np
@@ -27,13 +28,16 @@ __all__ = [
     "resolve_device",
     "progress",
     "LongWorkNotice",
+    "LOGGER",
+    "log",
     "warn",
 ]
 
 #: What to tell a user whose environment has no torch.
 TORCH_INSTALL_HINT = (
-    "Install it with `pip install 'sklearn-e2cm[torch]'` (or `pip install torch`; see "
-    "https://pytorch.org/get-started/locally/ for a CPU-only or CUDA build)."
+    "Install it with `pip install 'sklearn-e2cm[torch]'`; for the CPU-only build, "
+    "`pip install torch --index-url https://download.pytorch.org/whl/cpu`; for a CUDA build see "
+    "https://pytorch.org/get-started/locally/."
 )
 
 
@@ -262,6 +266,45 @@ def progress(iterable, verbose, desc, total=None):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+#: The package's logger: verbose messages go to it (INFO), as do quiet ones (DEBUG).
+LOGGER = logging.getLogger("sklearn_e2cm")
+LOGGER.addHandler(logging.NullHandler())
+
+
+def _logging_configured():
+    """Whether a handler other than a NullHandler would receive the package's records."""
+    logger = LOGGER
+    while logger is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
+            return True
+        if not logger.propagate:
+            return False
+        logger = logger.parent
+    return False
+
+
+def log(message, verbose):
+    """Log ``message`` (INFO when ``verbose``, else DEBUG) through :data:`LOGGER`.
+
+    With ``verbose`` and no logging configured by the application, the message
+    is also written to stderr, above any progress bar, so that ``verbose=1``
+    shows it without setting up :mod:`logging`.
+
+    Parameters
+    ----------
+    message : str
+    verbose : bool or int
+    """
+    if not verbose:
+        LOGGER.debug(message)
+        return
+    LOGGER.info(message)
+    if not _logging_configured():
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)
 
 
 #: Work run without progress bars that is expected to go on longer than this (seconds)

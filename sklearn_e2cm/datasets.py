@@ -27,13 +27,14 @@ import gzip
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 from sklearn.utils import Bunch
+
+from ._backend import log
 
 __all__ = ["get_data_home", "load_fashion_mnist", "load_kmnist", "load_mnist"]
 
@@ -369,8 +370,7 @@ def _download(info, names, folder, verbose=True):
             url = mirror + base + ".gz"
             fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".part", dir=folder)
             try:
-                if verbose:
-                    print(f"Downloading {url}", file=sys.stderr)
+                log(f"Downloading {url}", verbose)
                 _require_https(url)
                 with os.fdopen(fd, "wb") as out, _urlopen(url, _DOWNLOAD_TIMEOUT) as response:
                     shutil.copyfileobj(response, out)

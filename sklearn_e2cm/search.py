@@ -29,7 +29,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, indexable
 
-from ._backend import progress, warn
+from ._backend import log, progress, warn
 from ._exit_estimator import serve_from_sweep, sweep_seed_of, transactional
 from ._search_folds import (
     evaluation_table,
@@ -443,10 +443,8 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
             how = (f"from one shared forward pass ({shared.nbytes / 2**20:.0f} MiB of stage "
                    "vectors)" if shared is not None
                    else f"{len(splits)} fits in total ({self.share_reason_})")
-            print(
-                f"Fitting {len(splits)} folds, each sweeping {len(targets)} FLOP targets "
-                f"(method={self.method_!r}): {how}"
-            )
+            log(f"Fitting {len(splits)} folds, each sweeping {len(targets)} FLOP targets "
+                f"(method={self.method_!r}): {how}", self.verbose)
         # shared stage vectors are read by threads (no copy); otherwise processes
         parallel = Parallel(n_jobs=self.n_jobs, return_as="generator",
                             prefer="threads" if shared is not None else None)

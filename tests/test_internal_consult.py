@@ -9,13 +9,15 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import MinMaxScaler, StandardScaler
+from sklearn.preprocessing import MinMaxScaler
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_e2cm import InternalClassifierEarlyExit
 from sklearn_e2cm.exits.class_means import head_flops
 
 pytest.importorskip("torch")
+
+from test_internal import _features, _stages  # noqa: E402  (shared helpers)
 
 METHODS = ["sdn", "branchynet", "bwds"]
 METRICS = ["euclidean", "mahalanobis"]
@@ -26,20 +28,6 @@ def digits():
     X, y = load_digits(return_X_y=True)
     return train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
 
-
-def _stages():
-    return [StandardScaler(), PCA(32, random_state=0), PCA(16, random_state=0),
-            LogisticRegression(max_iter=500)]
-
-
-def _features(ic, X):
-    """Stage outputs of every network stage, by running the fitted steps by hand."""
-    steps = ic._adapter.base.fitted_steps_
-    out, Z = [], np.asarray(X, dtype=np.float64)
-    for s in steps[:-1]:
-        Z = s.transform(Z)
-        out.append(Z)
-    return out, steps[-1]
 
 
 def _softmax(z):

@@ -321,7 +321,10 @@ def test_minibatch_step_steps_the_scheduler():
     assert opt.param_groups[0]["lr"] == 0.5
 
 
-def test_run_epochs_end_epoch_hook_and_summary_line(capsys):
+def test_run_epochs_end_epoch_hook_and_summary_line(capsys, monkeypatch):
+    from sklearn_e2cm import _backend
+
+    monkeypatch.setattr(_backend, "_logging_configured", lambda: False)  # as in a plain script
     calls = []
 
     def end_epoch(epoch, loss):

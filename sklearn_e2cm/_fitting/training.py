@@ -48,7 +48,7 @@ import contextlib
 
 import numpy as np
 
-from .._backend import LongWorkNotice, import_torch, is_torch, progress, to_numpy
+from .._backend import LongWorkNotice, import_torch, is_torch, log, progress, to_numpy
 
 __all__ = [
     "EarlyStopping",
@@ -286,7 +286,7 @@ def run_epochs(n_rows, epochs, step, *, rng=None, batch_size=None, batches=None,
         losses.append(_run_epoch(progress(batches(order), verbose, label, total=n_batches), step))
         summary = None if end_epoch is None else end_epoch(epoch, losses[-1])
         if verbose and summary is not None:
-            _write(f"{label}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+            log(f"{label}: " + ", ".join(f"{k}={v}" for k, v in summary.items()), verbose)
         notice.update(epoch, epochs)
     return losses
 
@@ -309,15 +309,6 @@ def _run_epoch(batches, step):
         total = total + loss * w
         weight += float(w)
     return float(total) / weight if weight > 0 else float("nan")
-
-
-def _write(line):
-    """Print ``line`` to stderr, with the progress bars, without breaking one on the screen."""
-    import sys
-
-    from tqdm.auto import tqdm
-
-    tqdm.write(line, file=sys.stderr)
 
 
 class LinearSoftmaxTrainer:
