@@ -68,7 +68,7 @@ def _default_lambdas(table, n_lambdas):
     return np.concatenate([[0.0], np.geomspace(lo, hi, max(int(n_lambdas) - 1, 1))])
 
 
-def _coordinate_step(table, codes, T, j, lam, data):
+def _coordinate_step(table, codes, T, j, lam, data, sorted_codes=None):
     """Exact maximisation of ``score - lam * cost`` over ``T[j]``.
 
     With the other thresholds fixed, the objective as a function of ``T[j]``
@@ -80,8 +80,10 @@ def _coordinate_step(table, codes, T, j, lam, data):
     probabilities is kept.
 
     ``codes`` are the exit codes of ``T`` and ``data`` the table's
-    :class:`_AscentData`. Returns the new threshold, or ``None`` when no
-    candidate improves on the current one.
+    :class:`_AscentData`; ``sorted_codes``, when given, caches ``codes`` in
+    the order of every stage's probabilities (a dict filled as needed, to be
+    emptied whenever ``codes`` change). Returns the new threshold, or
+    ``None`` when no candidate improves on the current one.
     """
     M = table.n_stages
     N = table.n_samples
@@ -91,7 +93,12 @@ def _coordinate_step(table, codes, T, j, lam, data):
     order, desc, pen = table.sorted_columns[j]
     # the samples that reach stage j (no exit before it), by decreasing exit probability
     # at j, and where each leaves with head j off
-    codes_j = codes[order]
+    if sorted_codes is None:
+        codes_j = codes[order]
+    else:
+        codes_j = sorted_codes.get(j)
+        if codes_j is None:
+            codes_j = sorted_codes[j] = codes[order]
     pos = np.flatnonzero((codes_j & dt((1 << j) - 1)) == 0)
     R = pos.shape[0]
     w = data.sorted_weights[j]
@@ -106,7 +113,7 @@ def _coordinate_step(table, codes, T, j, lam, data):
     # (positions pos in the order of decreasing exit probability at j); the objective of
     # cutting after the first k samples of that order is S[k] = Sc[#(pos < k)]
     cc = data.sorted_correct[j][pos]
-    gain = (((cc >> j) & 1) - ((cc >> e) & 1)) - lam * (c_off[j] - c_off[e])
+    gain = (((cc >> j) & 1) - ((cc >> e) & 1)) - (lam * (c_off[j] - c_off))[e]
     gain *= w if table.weights is None else w[pos]
     Sc = np.empty(R + 1)
     Sc[0] = 0.0
@@ -142,20 +149,28 @@ def _coordinate_step(table, codes, T, j, lam, data):
     return float(t)
 
 
-def _ascend(table, T, codes, lam, data, max_rounds):
-    """Coordinate ascent at one ``lam`` from ``(T, codes)``, in place; returns codes."""
+def _ascend(table, T, codes, lam, data, max_rounds, sorted_codes=None):
+    """Coordinate ascent at one ``lam`` from ``(T, codes)``, in place; returns codes.
+
+    ``sorted_codes`` (a dict, see :func:`_coordinate_step`) may carry the
+    sorted views of ``codes`` over from the previous ascent; it is emptied
+    whenever a threshold moves.
+    """
     M1 = table.n_stages - 1
     dt = table.code_dtype
     last_change = None
     j = 0
+    if sorted_codes is None:
+        sorted_codes = {}
     for _ in range(max_rounds * M1):
         if last_change == j:
             break  # a full pass without change
-        t = _coordinate_step(table, codes, T, j, lam, data)
+        t = _coordinate_step(table, codes, T, j, lam, data, sorted_codes)
         if t is not None and t != T[j]:
             T[j] = t
             keep = dt(((1 << M1) - 1) & ~(1 << j))
             codes = (codes & keep) | ((table.conf_cols[j] > t).astype(dt) << dt(j))
+            sorted_codes.clear()
             last_change = j
         elif last_change is None and j == M1 - 1:
             break  # the first pass changed nothing
@@ -296,8 +311,9 @@ def coordinate_path(table, lambdas=None, *, n_lambdas=100, max_rounds=30, init=N
     codes = table.exit_codes(thresholds=T)
     data = _AscentData.of(table, min_gain)
     path = _Path(table)
+    sorted_codes = {}  # the path's codes in every stage's order, while they do not change
     for lam in lams if progress is None else progress(lams):
-        codes = _ascend(table, T, codes, lam, data, max_rounds)
+        codes = _ascend(table, T, codes, lam, data, max_rounds, sorted_codes)
         path.record(T, codes, lam)
     if refine:
         _refine_along_hull(table, path, data, max_rounds, min_gap,
