@@ -396,3 +396,16 @@ def test_submodules_import_each_other_in_one_direction():
                 assert node.module in {"_hashing", "_backend"}, (name, node.module)
             elif isinstance(node, ast.ImportFrom):
                 assert not (node.module or "").startswith("sklearn_e2cm"), (name, node.module)
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_exit_table_to_frame_summarises_every_stage(weights):
+    table = _table(N=300, M=4, weights=weights)
+    frame = table.to_frame()
+    assert list(frame.columns) == ["stage", "cost", "exit_flops", "score", "mean_confidence"]
+    w = table.weights if weights else np.full(300, 1 / 300)
+    for j in range(4):  # a per-stage loop as the reference
+        assert frame["score"][j] == pytest.approx(float(w @ table.correct[:, j]), abs=1e-12)
+        assert frame["mean_confidence"][j] == pytest.approx(float(w @ table.conf[:, j]),
+                                                            abs=1e-12)
+    np.testing.assert_allclose(frame["cost"], table.full_cost, rtol=1e-12)

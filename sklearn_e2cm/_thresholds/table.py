@@ -207,6 +207,42 @@ class ExitTable:
                 f"base_cost={c:.4f}, base_score={s:.4f}, "
                 f"weighted={self.weights is not None})")
 
+    def to_frame(self):
+        """One row per stage: what exiting there costs and how good it is on these rows.
+
+        Returns
+        -------
+        frame : pandas.DataFrame
+            Columns ``stage``, ``cost`` (normalised cost of leaving after the
+            stage with every head on), ``exit_flops`` (the stage's exit head,
+            per sample), ``score`` (weighted mean correctness of the stage's
+            prediction) and ``mean_confidence`` (weighted mean exit
+            probability).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> conf = np.array([[0.9, 0.2], [0.4, 0.8]])
+        >>> table = ExitTable(conf, conf > 0.5, [1.0, 1.0], [0.0, 0.0], last_head=False)
+        >>> table.to_frame()[["stage", "cost", "score"]]
+           stage  cost  score
+        0      0   0.5    0.5
+        1      1   1.0    0.5
+        """
+        import pandas as pd
+
+        w = self.weights
+        correct = self.correct.astype(np.float64)
+        conf = self.conf.astype(np.float64)
+        mean = (lambda a: a.mean(axis=0)) if w is None else (lambda a: w @ a)
+        return pd.DataFrame({
+            "stage": np.arange(self.n_stages),
+            "cost": self.full_cost,
+            "exit_flops": self.exit_flops,
+            "score": mean(correct),
+            "mean_confidence": mean(conf),
+        })
+
     @property
     def n_stages(self):
         """Number of stages ``M``, the last one included."""
