@@ -51,6 +51,7 @@ LAYERS = {
     "persistence": 7,
     "models": 7,
     "__main__": 7,
+    "_cli": 7,
     "": 7,  # the package's __init__
 }
 
