@@ -62,13 +62,13 @@ def _record_devices(modules):
 def _restore_devices(rec):
     for m, kind, name, dev in rec:
         if kind == "p":
-            p = m._parameters.get(name)
+            p = m._parameters[name] if name in m._parameters else None  # no .get: TorchScript
             if p is not None and p.device != dev:
                 p.data = p.data.to(dev)
                 if p.grad is not None:
                     p.grad = p.grad.to(dev)
         else:
-            b = m._buffers.get(name)
+            b = m._buffers[name] if name in m._buffers else None
             if b is not None and b.device != dev:
                 m._buffers[name] = b.to(dev)
 
