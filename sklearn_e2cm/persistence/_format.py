@@ -210,6 +210,19 @@ class _Reader:
     def __init__(self, path):
         self.path = os.fspath(path)
         try:
+            with open(self.path, "rb") as fh:
+                magic = fh.read(4)
+        except OSError as exc:
+            raise ValueError(f"{self.path} cannot be read ({exc}).") from exc
+        if magic[:1] == b"\x80":  # the protocol byte every binary pickle starts with
+            raise ValueError(
+                f"{self.path} holds pickled Python objects; load_exits refuses them "
+                "(loading a pickle runs code from the file).")
+        if magic != b"PK\x03\x04" and magic != b"\x93NUM":  # neither a zip nor an .npy
+            raise ValueError(
+                f"{self.path} is not a saved-exits file (not an .npz archive written by "
+                "sklearn_e2cm.save_exits).")
+        try:
             self._npz = np.load(self.path, allow_pickle=False)
         except ValueError as exc:
             if "pickle" in str(exc).lower():
