@@ -139,6 +139,11 @@ def main(argv=None):
           f"test accuracy (test FLOPs) on the {len(yte)} test rows; fit = training wall "
           "time of the exits (s).", ""]
     md += accuracy_table(configs, rows, fits, TARGETS) + accuracy_plot(configs, rows, name)
+    epochs_run = {r["method"]: r["epochs"] for r in rows if r["epochs"]}
+    if epochs_run:
+        md += ["", "Epochs run: " + "; ".join(
+            f"{m}: " + ", ".join(f"{k} {v}" for k, v in e.items()) for m, e in epochs_run.items())
+            + "."]
     write(name, payload, "\n".join(md) + "\n")
 
 
