@@ -48,3 +48,12 @@ def test_sweep_benchmark_quick(tmp_path):
     assert timing["coordinate"] > 0 and timing["bisect"] > 0
     held = payload["held_out"]["synthetic_2k_6"]
     assert len(held["coordinate"]) == len(payload["phis"])
+
+
+@pytest.mark.slow
+def test_evidence_benchmark_quick(tmp_path):
+    _run("bench_evidence.py", ["--quick"], tmp_path)
+    rows = json.loads((tmp_path / "evidence_quick.json").read_text())["rows"]
+    assert {("whitened", "agree"), ("whitened", "cumulative 1.0")} <= {
+        (r["exits"], r["variant"]) for r in rows}
+    assert all(len(r["held_out"]) == 5 for r in rows)
