@@ -315,7 +315,10 @@ def test_seeded_training_is_the_plain_minibatch_loop():
         assert torch.equal(a, b), name
 
 
-def test_verbose_shows_progress(capsys):
+def test_verbose_shows_progress(capsys, monkeypatch):
+    from sklearn_e2cm import _backend
+
+    monkeypatch.setattr(_backend, "_logging_configured", lambda: False)  # as in a plain script
     X, y = _easy_data(n=32)
     train_classifier(_tiny(), X, y, epochs=1, batch_size=16, verbose=1, validation_data=(X, y))
     err = capsys.readouterr().err
