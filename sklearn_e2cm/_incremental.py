@@ -201,6 +201,7 @@ class IncrementalFitMixin:
                  "y_tune) computes the eq. 4 scales and tunes the thresholds on tuning rows.")
         return self
 
+    @transactional
     def finalize(self, X, y=None, sample_weight=None):
         """Tune the exits on rows, from the class statistics accumulated so far.
 

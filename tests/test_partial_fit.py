@@ -322,3 +322,25 @@ def test_torch_dataloader_chunks_and_sampler_padding(tiny_torch, metric):
         np.testing.assert_allclose(ma, mb, rtol=RTOL, atol=1e-7)
     np.testing.assert_array_equal(est.mixture_thresholds_, whole.mixture_thresholds_)
     np.testing.assert_array_equal(est.predict(X), whole.predict(X))
+
+
+def test_a_failing_finalize_leaves_the_estimator_as_it_was(digits, monkeypatch):
+    X, y = digits
+    est = EarlyExitClassMeans(flops_target=0.5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        est.partial_fit(X, y, classes=np.arange(10))
+    est.finalize(X, y)
+    before = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(est).items()}
+    import sklearn_e2cm._incremental as inc
+
+    def broken(*args, **kwargs):  # fails after the estimator's attributes started changing
+        est.thresholds_ = np.zeros_like(est.thresholds_)
+        raise RuntimeError("tuning failed")
+
+    monkeypatch.setattr(inc, "tune_class_means", broken)
+    with pytest.raises(RuntimeError, match="tuning failed"):
+        est.finalize(X, y)
+    assert set(vars(est)) == set(before)
+    np.testing.assert_array_equal(est.thresholds_, before["thresholds_"])
+    assert est.tradeoff_ is before["tradeoff_"]
