@@ -324,18 +324,20 @@ def test_torch_dataloader_chunks_and_sampler_padding(tiny_torch, metric):
     np.testing.assert_array_equal(est.predict(X), whole.predict(X))
 
 
-def test_a_failing_finalize_leaves_the_estimator_as_it_was(digits, monkeypatch):
+def test_a_failing_finalize_leaves_the_estimator_as_it_was(digits, fitted_stages, monkeypatch):
     X, y = digits
-    est = EarlyExitClassMeans(flops_target=0.5, random_state=0)
+    est = EarlyExitClassMeans(stages=fitted_stages, flops_target=0.5, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         est.partial_fit(X, y, classes=np.arange(10))
     est.finalize(X, y)
+    assert est.thresholds_.shape == (3,) and np.any(est.thresholds_ > 0)
     before = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(est).items()}
     import sklearn_e2cm._incremental as inc
 
     def broken(*args, **kwargs):  # fails after the estimator's attributes started changing
         est.thresholds_ = np.zeros_like(est.thresholds_)
+        est.tradeoff_ = None
         raise RuntimeError("tuning failed")
 
     monkeypatch.setattr(inc, "tune_class_means", broken)
