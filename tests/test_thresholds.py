@@ -409,3 +409,10 @@ def test_exit_table_to_frame_summarises_every_stage(weights):
         assert frame["mean_confidence"][j] == pytest.approx(float(w @ table.conf[:, j]),
                                                             abs=1e-12)
     np.testing.assert_allclose(frame["cost"], table.full_cost, rtol=1e-12)
+
+
+def test_every_head_off_costs_exactly_one_whatever_the_number_of_stages():
+    rng = np.random.default_rng(0)
+    for M in range(2, 40):  # sums of 9+ values change order between sum() and cumsum()
+        c, e = rng.random(M), rng.random(M)
+        assert cumulative_cost(c, e, np.zeros(M - 1, bool), last_head=False)[-1] == 1.0

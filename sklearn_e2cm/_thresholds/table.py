@@ -58,7 +58,7 @@ def cumulative_cost(stage_flops, exit_flops, active, last_head=True):
     if M == 1:
         out = np.ones((active.shape[0], 1))
         return out[0] if single else out
-    total = c.sum()
+    total = np.cumsum(c)[-1]  # summed in cumsum's order: every head off costs exactly 1.0
     if not total > 0:
         raise ValueError(
             f"The stages cost {total} FLOPs in total; costs cannot be normalised. "
