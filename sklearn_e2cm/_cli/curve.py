@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 
+from .._exit_estimator import tuning_table_of
 from ._load import (
     CLIError,
     add_data_arguments,
@@ -100,7 +101,7 @@ def run(args):
         matplotlib.use("Agg")
     X, y = load_data(args, need_y=True)  # first: quick to check
     est = load_fitted(args)
-    if getattr(est, "_tuning_table", None) is None:
+    if tuning_table_of(est) is None:
         raise CLIError(f"{args.exits} holds no tuning arrays (saved with include_tuning=False): "
                        "other FLOP targets cannot be served from it; refit with 'fit'.")
     if args.png is not None:  # first: drawn at the operating point saved in the file
