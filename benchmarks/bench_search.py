@@ -282,7 +282,7 @@ def bench_search(fashion):
         return {"accuracy": float(np.mean(r.y_pred == y_)), "flops": float(r.flops.mean())}
 
     def refit_at_025(res):
-        # the same rule as FlopBudgetSearchCV(budget=0.25): best cross-validated accuracy
+        # the same rule as FlopBudgetSearchCV(max_flops=0.25): best cross-validated accuracy
         # among the candidates whose mean held-out cost is within 0.25
         ok = np.asarray(res["mean_test_flops"]) <= 0.25 + 1e-12
         idx = np.flatnonzero(ok)
@@ -308,7 +308,7 @@ def bench_search(fashion):
         walls, cpus, fits = [], [], []
         for _ in range(3):  # the machine is shared: keep the best of three runs
             t0, c0 = time.perf_counter(), time.process_time()
-            fits.append(FlopBudgetSearchCV(est, flops_targets=1000, cv=3, budget=0.25,
+            fits.append(FlopBudgetSearchCV(est, flops_targets=1000, cv=3, max_flops=0.25,
                                            method=method, n_jobs=1, random_state=0,
                                            share_stage_outputs=share).fit(X, y))
             walls.append(time.perf_counter() - t0)

@@ -6,7 +6,7 @@ Choosing a budget with FlopBudgetSearchCV
 :class:`~sklearn_e2cm.FlopBudgetSearchCV` cross-validates an early-exit
 estimator over many FLOP targets at once: each fold computes the class means
 and sweeps every target on cached per-stage arrays, so 200 targets cost
-little more than one. With ``budget=0.25`` it selects the target with the
+little more than one. With ``max_flops=0.25`` it selects the target with the
 best cross-validated accuracy among those whose mean *held-out* cost is at
 most 0.25.
 
@@ -49,8 +49,8 @@ print(f"base model: held-out accuracy {net.score(X_te, y_te):.3f}")
 # Search 200 targets, select within a budget of 0.25
 # --------------------------------------------------
 search = FlopBudgetSearchCV(
-    EarlyExitClassMeans(stages=FrozenEstimator(net), n_targets=200, random_state=0),
-    flops_targets=200, cv=3, budget=0.25, random_state=0,
+    EarlyExitClassMeans(stages=FrozenEstimator(net), sweep_resolution=200, random_state=0),
+    flops_targets=200, cv=3, max_flops=0.25, random_state=0,
 )
 search.fit(X_tr, y_tr)
 print("one shared forward pass:", search.shared_stage_outputs_)

@@ -8,7 +8,7 @@ The scikit-learn path never imports torch; torch-backed features import it
 when they are used.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 _LAZY = {
     "EarlyExitClassMeans": "sklearn_e2cm.early_exit",

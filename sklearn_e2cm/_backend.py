@@ -351,6 +351,47 @@ class LongWorkNotice:
                  f"about {left} remain at most. Pass verbose=1 to see progress bars.")
 
 
+#: Default value of a renamed parameter's old name (scikit-learn's deprecation pattern).
+DEPRECATED = "deprecated"
+
+
+def renamed_param(est, old, new, new_default, since="0.2.0", removed="0.4.0"):
+    """The value of parameter ``new``, honouring its deprecated old name ``old``.
+
+    scikit-learn's pattern for a renamed parameter: the old name stays in
+    ``__init__`` with the default ``"deprecated"``; a value given under it
+    is used with a ``FutureWarning`` that names the new parameter, and giving
+    both names raises.
+
+    Parameters
+    ----------
+    est : estimator
+    old, new : str
+        The deprecated and the current parameter names.
+    new_default : object
+        ``new``'s default (giving ``old`` and a non-default ``new`` raises).
+    since, removed : str
+        The versions the warning names.
+
+    Returns
+    -------
+    value : object
+    """
+    value = getattr(est, old)
+    if isinstance(value, str) and value == DEPRECATED:
+        return getattr(est, new)
+    current = getattr(est, new)
+    if not (current is new_default or (isinstance(current, (int, float, str))
+                                       and not isinstance(current, bool)
+                                       and current == new_default)):
+        raise ValueError(
+            f"{type(est).__name__} got both {old}={value!r} and {new}={current!r}; "
+            f"{old!r} is the deprecated name of {new!r}: set only {new}.")
+    warn(f"{type(est).__name__}: the parameter {old!r} was renamed {new!r} in {since} and "
+         f"will be removed in {removed}; use {new}={value!r}.", FutureWarning)
+    return value
+
+
 #: Modules whose frames a warning skips to reach the caller's line.
 _INTERNAL = ("sklearn_e2cm", "sklearn.", "joblib", "contextlib", "functools")
 

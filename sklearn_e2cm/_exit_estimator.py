@@ -5,7 +5,8 @@ inference and the per-stage outputs. A subclass's ``fit`` builds a stage
 adapter and one exit head per stage, computes the tuning rows' exit arrays
 and calls :meth:`EarlyExitBase._finish_fit`; a subclass provides the
 parameters ``flops_target``, ``thresholds``, ``threshold_search``,
-``n_targets``, ``batch_size`` and ``verbose``.
+``sweep_resolution`` (and its deprecated name ``n_targets``), ``batch_size``,
+``non_finite`` and ``verbose``.
 
 The functions below the class are the documented way for other modules
 (the search, the display) to read what a fit produced: the tuning table,
@@ -20,7 +21,7 @@ from functools import partial
 import numpy as np
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from ._backend import progress, to_numpy, warn
+from ._backend import progress, renamed_param, to_numpy, warn
 from ._fitting.inputs import validate_predict_input
 from ._fitting.operating_point import OperatingPointSpec, choose_operating_point
 from ._fitting.passes import collect_stage_outputs
@@ -32,6 +33,7 @@ __all__ = [
     "transactional",
     "tuning_table_of",
     "sweep_seed_of",
+    "sweep_resolution_of",
     "routing_uniforms",
     "serve_from_sweep",
     "exit_table_from_source",
@@ -242,7 +244,8 @@ class EarlyExitBase:
     def _operating_point_spec(self):
         return OperatingPointSpec(
             flops_target=self.flops_target, thresholds=self.thresholds,
-            threshold_search=self.threshold_search, n_targets=self.n_targets,
+            threshold_search=self.threshold_search,
+            sweep_resolution=sweep_resolution_of(self),
             sweep_seed=self._sweep_seed, verbose=self.verbose, score_name=self._score_name)
 
     def _apply_operating_point(self, table, swept=None):
@@ -336,6 +339,7 @@ class EarlyExitBase:
                 self._mixture_costs, X, batch_size=self.batch_size,
                 seed=self._routing_seed, return_proba=return_proba,
                 progress=partial(progress, verbose=self.verbose > 1, desc="E2CM predict"),
+                non_finite=self.non_finite,
             )
         self._update_memory_overhead()  # the heads may now hold copies on the stages' device
         res.y_pred = self.classes_[res.y_pred]
@@ -487,6 +491,29 @@ class EarlyExitBase:
 
 
 # ----------------------------------------------------------------- seams for other modules
+def sweep_resolution_of(est):
+    """The FLOP-target grid size an estimator's sweep uses, or ``None``.
+
+    ``sweep_resolution``, or the value given under its deprecated name
+    ``n_targets`` (with a ``FutureWarning``); ``None`` for an estimator that
+    has neither parameter.
+
+    Parameters
+    ----------
+    est : estimator
+
+    Returns
+    -------
+    n : int or None
+    """
+    params = est.get_params(deep=False)
+    if "sweep_resolution" not in params:
+        return None
+    if "n_targets" not in params:
+        return int(params["sweep_resolution"])
+    return int(renamed_param(est, "n_targets", "sweep_resolution", 1000))
+
+
 def tuning_table_of(est):
     """The exit table a fitted early-exit estimator tuned its thresholds on.
 

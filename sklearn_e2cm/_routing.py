@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._backend import is_torch, to_numpy
+from ._backend import is_torch, to_numpy, warn
 from ._hashing import assign_rows, row_uniforms
 from ._memory import HeapGuard
 
@@ -217,6 +217,7 @@ def route(
     seed=0,
     return_proba=False,
     progress=None,
+    non_finite="raise",
 ):
     """One routed pass over ``X``.
 
@@ -243,6 +244,12 @@ def route(
     return_proba : bool, default=False
     progress : callable, default=None
         Wraps the iterable of batches (e.g. a progress bar).
+    non_finite : {"raise", "continue"}, default="raise"
+        A NaN or infinite stage vector or exit confidence: ``"raise"`` a
+        ``ValueError`` naming the stage; ``"continue"``: at an exit before the
+        last stage the row may not leave there (it goes on towards the base
+        model's classifier), with one warning per call giving the count.
+        Non-finite outputs of the last stage always raise.
 
     Returns
     -------
@@ -258,12 +265,19 @@ def route(
     if progress is not None:
         batches = progress(batches)
     guard = HeapGuard(slack=None)  # keep resident memory flat over long streams
+    skipped = 0
     for Xb, _ in batches:
         guard.step()
         if adapter.n_rows(Xb) == 0:
             continue  # an empty batch (a DataLoader's) routes nothing
-        out.append(_route_batch(adapter, heads, thresholds, weights, active, Xb, seed,
-                                return_proba))
+        batch_out, n_bad = _route_batch(adapter, heads, thresholds, weights, active, Xb, seed,
+                                        return_proba, non_finite)
+        out.append(batch_out)
+        skipped += n_bad
+    if skipped:
+        warn(f"{skipped} exit decision(s) before the last stage met a NaN or infinite stage "
+             "vector or exit score; with non_finite='continue' those rows did not exit there "
+             "and went on towards the base model's classifier.")
     if not out:
         return RoutingResult(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0), None,
                              np.zeros(0, np.intp))
@@ -302,6 +316,23 @@ class StageChecks:
     def __init__(self, adapter):
         self.adapter = adapter
         self._flags = []
+        self._skipped = []
+        self.n_skipped = 0
+
+    def skip_non_finite(self, conf):
+        """Finite-confidence mask of an intermediate exit (rows not finite may not exit there).
+
+        Used with ``non_finite="continue"``: the count of rows refused is
+        kept on the device and read back by :meth:`settle`.
+        """
+        ok = conf == conf  # NaN is the only value unequal to itself
+        if is_torch(conf):
+            ok &= conf.abs() != float("inf")
+            self._skipped.append((~ok).sum())
+        else:
+            ok &= np.abs(conf) != np.inf
+            self.n_skipped += int((~ok).sum())
+        return ok
 
     def rows(self, j, A, n, what="returned"):
         """Raise unless ``A`` has ``n`` rows (``A`` is what ``what`` of stage ``j`` gave)."""
@@ -321,20 +352,28 @@ class StageChecks:
                 # min and max propagate NaN and hold any ±inf: one reduction pass, no
                 # temporary (isfinite().all() allocates a mask and is ~15x slower on CPU)
                 lo, hi = A.aminmax()
-                self._flags.append((j, what, lo.isfinite() & hi.isfinite()))
+                self._flags.append((j, what, lo, hi))
         elif not np.isfinite(A).all():
             self._raise(j, what)
 
     def settle(self):
         """Read the recorded tensor flags back (one transfer) and raise on the first failure."""
+        if self._skipped:
+            import torch
+
+            skipped, self._skipped = self._skipped, []
+            self.n_skipped += int(torch.stack(skipped).sum().item())
         if not self._flags:
             return
         import torch
 
         flags, self._flags = self._flags, []
-        ok = torch.stack([f for _, _, f in flags]).cpu().numpy()
+        # one stack, one isfinite and one transfer for the whole batch (a dtype of its own
+        # per flag would make torch.stack promote: min/max are exact in float64)
+        bounds = torch.stack([b.to(torch.float64) for _, _, lo, hi in flags for b in (lo, hi)])
+        ok = torch.isfinite(bounds).view(-1, 2).all(dim=1).cpu().numpy()
         if not ok.all():
-            j, what, _ = flags[int(np.argmin(ok))]
+            j, what, _, _ = flags[int(np.argmin(ok))]
             self._raise(j, what)
 
     def _raise(self, j, what):
@@ -345,11 +384,17 @@ class StageChecks:
             "finite stage outputs).")
 
 
-def _route_batch(adapter, heads, thresholds, weights, active, Xb, seed, return_proba):
-    """Route one batch; returns its ``(pred, exit_stage, component, proba)`` on the host."""
+def _route_batch(adapter, heads, thresholds, weights, active, Xb, seed, return_proba,
+                 non_finite="raise"):
+    """Route one batch; returns ``((pred, exit_stage, component, proba), n_skipped)``.
+
+    The arrays are on the host; ``n_skipped`` counts the rows refused an exit
+    for a non-finite score (``non_finite="continue"``).
+    """
     M = adapter.n_stages
     b = _Batch(Xb, adapter.n_rows(Xb), seed, thresholds, weights, return_proba)
     checks = StageChecks(adapter)
+    lenient = non_finite == "continue"
     Z = Xb
     for j in range(M):
         last = j == M - 1
@@ -363,17 +408,22 @@ def _route_batch(adapter, heads, thresholds, weights, active, Xb, seed, return_p
         Z = adapter.run_stage(j, Z)
         checks.rows(j, Z, n)
         if not last and not active[j]:
-            checks.finite(j, Z, "the output")
+            if not lenient:
+                checks.finite(j, Z, "the output")
             continue
         F = adapter.stage_vector(j, Z)
         checks.rows(j, F, n, "(after pooling) gave stage vectors of")
-        checks.finite(j, F, "the stage vector")
+        if last or not lenient:
+            checks.finite(j, F, "the stage vector")
         P, idx, conf = _decide_in_place(heads[j], F)
-        checks.finite(j, conf, "the exit confidence")
+        if last or not lenient:
+            checks.finite(j, conf, "the exit confidence")
         if last:
             b.leave(b.alive, idx, P, j)
             break
         leave = conf > b.T[b.alive, j]
+        if lenient:
+            leave &= checks.skip_non_finite(conf)
         gone = _positions(leave)
         if gone.shape[0]:
             b.leave(b.alive[gone], idx[gone], P[gone], j)
@@ -384,7 +434,7 @@ def _route_batch(adapter, heads, thresholds, weights, active, Xb, seed, return_p
             Z = adapter.take(Z, stay)
             b.alive = b.alive[stay]
     checks.settle()
-    return b.to_host()
+    return b.to_host(), checks.n_skipped
 
 
 def _positions(mask):

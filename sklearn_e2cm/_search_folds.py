@@ -6,7 +6,6 @@ tuning table, keeps the upper concave hull and serves each target from it,
 then routes the held-out rows as the fitted estimator would and scores them.
 """
 
-import numbers
 import time
 
 import numpy as np
@@ -17,6 +16,7 @@ from sklearn.utils._indexing import _safe_indexing
 from ._exit_estimator import (
     exit_table_from_source,
     routing_uniforms,
+    sweep_resolution_of,
     sweep_seed_of,
     tuning_table_of,
 )
@@ -104,17 +104,17 @@ def operating_points(c, s, T, targets, points):
 def tuning_grid(est, targets, points=False):
     """Targets to sweep: the estimator's own hull grid when it has one.
 
-    An estimator with ``n_targets`` builds its hull from
-    ``linspace(0, 1, n_targets + 1)[1:]`` when fitted; sweeping that grid
+    An estimator with ``sweep_resolution`` builds its hull from
+    ``linspace(0, 1, sweep_resolution + 1)[1:]`` when fitted; sweeping that grid
     (with the estimator's seed) makes each served target exactly what
     ``fit`` at that ``flops_target`` would serve. With ``points`` (a
     single-target search per target) the served targets themselves.
     """
     if points:
         return targets
-    n = est.get_params(deep=False).get("n_targets")
-    if isinstance(n, numbers.Integral) and not isinstance(n, bool):
-        return np.linspace(0.0, 1.0, int(n) + 1)[1:]
+    n = sweep_resolution_of(est)
+    if n is not None:
+        return np.linspace(0.0, 1.0, n + 1)[1:]
     return targets
 
 

@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     _check_sample_weight,
@@ -76,7 +76,7 @@ class EarlyExitClassMeans(ClassifierMixin, IncrementalFitMixin, EarlyExitBase, B
         ``flops_target`` by time sharing between the two hull vertices around
         it. ``"bisect-hull"``: the same hull and time sharing over the
         paper's search (random initialisation + alternating bisection) run
-        at each of ``n_targets`` FLOP targets (slower; held-out accuracy is
+        at each of ``sweep_resolution`` FLOP targets (slower; held-out accuracy is
         lower at almost every budget in ``benchmarks/results/sweep.md``).
         ``"bisect"``: the paper's single-target search, no hull.
     metric : {"euclidean", "mahalanobis"}, default="euclidean"
@@ -102,9 +102,12 @@ class EarlyExitClassMeans(ClassifierMixin, IncrementalFitMixin, EarlyExitBase, B
     stage_costs : array-like of shape (n_stages,) or dict, default=None
         Per-sample FLOPs of each stage overriding the cost model; a dict maps
         stage indices to FLOPs and leaves the other stages counted.
-    n_targets : int, default=1000
-        Size of the FLOP-target grid of the trade-off table (and of the
-        bisections of ``threshold_search="bisect-hull"``).
+    sweep_resolution : int, default=1000
+        Number of evenly spaced FLOP targets (``1/n, 2/n, ..., 1``) at which
+        the threshold sweep keeps its best vector (the rows of
+        ``tradeoff_``; one bisection each with
+        ``threshold_search="bisect-hull"``); the hull is built on them. Not a
+        target itself: ``flops_target`` is the one served.
     final_classifier : "auto" or bool, default="auto"
         Whether the last stage outputs the base model's class scores (then a
         sample reaching the end gets the base model's prediction).
@@ -140,6 +143,15 @@ class EarlyExitClassMeans(ClassifierMixin, IncrementalFitMixin, EarlyExitBase, B
         process group; ``False``: fit on the data given only. Needs stages
         that ``fit`` does not train (a torch network, fitted or frozen
         scikit-learn steps).
+    non_finite : {"raise", "continue"}, default="raise"
+        At prediction, a NaN or infinite stage vector or exit score:
+        ``"raise"`` a ``ValueError`` naming the stage; ``"continue"``: the row
+        may not exit where its score is not finite and goes on towards the
+        base model's classifier (one warning per call with the count); the
+        last stage's outputs must be finite either way. Fitting always raises.
+    n_targets : int
+        Deprecated name of ``sweep_resolution`` (renamed in 0.2.0, removed
+        in 0.4.0).
 
     Attributes
     ----------
@@ -237,7 +249,10 @@ class EarlyExitClassMeans(ClassifierMixin, IncrementalFitMixin, EarlyExitBase, B
             None,
         ],
         "stage_costs": ["array-like", dict, None],
-        "n_targets": [Interval(numbers.Integral, 2, None, closed="left")],
+        "sweep_resolution": [Interval(numbers.Integral, 2, None, closed="left")],
+        "non_finite": [StrOptions({"raise", "continue"})],
+        "n_targets": [Interval(numbers.Integral, 2, None, closed="left"),
+                      Hidden(StrOptions({"deprecated"}))],
         "final_classifier": [StrOptions({"auto"}), "boolean"],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "device": "no_validation",
@@ -261,7 +276,7 @@ class EarlyExitClassMeans(ClassifierMixin, IncrementalFitMixin, EarlyExitBase, B
         max_covariance_bytes=2**28,
         calibration=None,
         stage_costs=None,
-        n_targets=1000,
+        sweep_resolution=1000,
         final_classifier="auto",
         batch_size=1024,
         device="cpu",
@@ -269,6 +284,8 @@ class EarlyExitClassMeans(ClassifierMixin, IncrementalFitMixin, EarlyExitBase, B
         random_state=None,
         verbose=0,
         distributed="auto",
+        non_finite="raise",
+        n_targets="deprecated",
     ):
         self.stages = stages
         self.flops_target = flops_target
@@ -281,6 +298,8 @@ class EarlyExitClassMeans(ClassifierMixin, IncrementalFitMixin, EarlyExitBase, B
         self.max_covariance_bytes = max_covariance_bytes
         self.calibration = calibration
         self.stage_costs = stage_costs
+        self.sweep_resolution = sweep_resolution
+        self.non_finite = non_finite
         self.n_targets = n_targets
         self.final_classifier = final_classifier
         self.batch_size = batch_size

@@ -51,7 +51,7 @@ import time
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 
 from ._backend import as_backend, softmax, to_numpy, warn
 from ._exit_estimator import EarlyExitBase
@@ -155,7 +155,7 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
         Distance of the class-means exits used by ``class_means`` and
         ``combine``, as for :class:`EarlyExitClassMeans` (``"mahalanobis"``
         wants pooled stage outputs).
-    flops_target, thresholds, threshold_search, n_targets :
+    flops_target, thresholds, threshold_search, sweep_resolution :
         As for :class:`EarlyExitClassMeans`; thresholds are in [0, 1] (the
         criterion's confidence, or a quantile with ``"and"`` / ``"or"``).
     pooling : as for :class:`EarlyExitClassMeans`, default=None
@@ -174,6 +174,15 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
         Seeds the shuffling of the training data, the threshold search and
         time sharing.
     verbose : int, default=0
+    non_finite : {"raise", "continue"}, default="raise"
+        At prediction, a NaN or infinite stage vector or exit score:
+        ``"raise"`` a ``ValueError`` naming the stage; ``"continue"``: the row
+        may not exit where its score is not finite and goes on towards the
+        base model's classifier (one warning per call with the count); the
+        last stage's outputs must be finite either way. Fitting always raises.
+    n_targets : int
+        Deprecated name of ``sweep_resolution`` (renamed in 0.2.0, removed
+        in 0.4.0).
 
     Attributes
     ----------
@@ -239,7 +248,10 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
         "flops_target": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "thresholds": ["array-like", None],
         "threshold_search": [StrOptions({"hull", "bisect-hull", "bisect"})],
-        "n_targets": [Interval(numbers.Integral, 2, None, closed="left")],
+        "sweep_resolution": [Interval(numbers.Integral, 2, None, closed="left")],
+        "non_finite": [StrOptions({"raise", "continue"})],
+        "n_targets": [Interval(numbers.Integral, 2, None, closed="left"),
+                      Hidden(StrOptions({"deprecated"}))],
         "pooling": "no_validation",
         "calibration": [
             Interval(numbers.Real, 0, 1, closed="neither"),
@@ -272,7 +284,7 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
         flops_target=None,
         thresholds=None,
         threshold_search="hull",
-        n_targets=1000,
+        sweep_resolution=1000,
         pooling=None,
         calibration=None,
         stage_costs=None,
@@ -281,6 +293,8 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
         device="cpu",
         random_state=None,
         verbose=0,
+        non_finite="raise",
+        n_targets="deprecated",
     ):
         self.stages = stages
         self.method = method
@@ -297,6 +311,8 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
         self.flops_target = flops_target
         self.thresholds = thresholds
         self.threshold_search = threshold_search
+        self.sweep_resolution = sweep_resolution
+        self.non_finite = non_finite
         self.n_targets = n_targets
         self.pooling = pooling
         self.calibration = calibration

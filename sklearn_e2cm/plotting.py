@@ -106,7 +106,7 @@ class TradeoffDisplay:
     >>> net = make_pipeline(StandardScaler(), PCA(24, random_state=0),  # the trained model
     ...                     Nystroem(n_components=200, random_state=0), RidgeClassifier())
     >>> net = net.fit(X_train, y_train)
-    >>> clf = EarlyExitClassMeans(stages=net, flops_target=0.3, n_targets=200,
+    >>> clf = EarlyExitClassMeans(stages=net, flops_target=0.3, sweep_resolution=200,
     ...                           random_state=0).fit(X_train, y_train)
     >>> disp = TradeoffDisplay.from_estimator(clf, X_test, y_test)
     >>> disp.ax_.get_xlabel()

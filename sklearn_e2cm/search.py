@@ -26,10 +26,10 @@ from sklearn.base import (
 )
 from sklearn.model_selection import check_cv
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Hidden, Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, indexable
 
-from ._backend import log, progress, warn
+from ._backend import DEPRECATED, log, progress, warn
 from ._exit_estimator import serve_from_sweep, sweep_seed_of, transactional
 from ._search_folds import (
     evaluation_table,
@@ -106,12 +106,12 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         per-stage predictions; the threshold search itself optimises
         accuracy (classifiers given ``y``) or agreement. ``None``:
         ``"accuracy"`` for classifiers, ``"agreement"`` otherwise.
-    budget : float > 0, callable or None, default=None
-        Selection rule. A float: the best mean score among the targets whose
-        mean cost is at most ``budget`` (ties go to the cheaper one, then to
-        the target closest to its served cost).
-        ``None``: the best mean score overall. A callable: receives
-        :attr:`cv_results_` and returns the index of the chosen row.
+    max_flops : float > 0 or None, default=None
+        Selection: the best mean score among the targets whose mean
+        held-out cost (normalised FLOPs, the base model costs 1) is at most
+        ``max_flops`` (ties go to the cheaper one, then to the target closest
+        to its served cost). ``None``: the best mean score overall. Not a
+        target: every target of ``flops_targets`` is still evaluated.
     method : {"bisect", "coordinate"} or None, default=None
         Threshold search (see :func:`sklearn_e2cm._thresholds.sweep`):
         ``"coordinate"`` is exact coordinate ascent on ``score - λ·cost``
@@ -120,13 +120,17 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         (``"bisect"`` when its ``threshold_search`` is ``"bisect-hull"`` or
         ``"bisect"``, else ``"coordinate"``); the refitted estimator searches
         the same way.
-    refit : bool, default=True
+    refit : bool or callable, default=True
         Fit :attr:`best_estimator_` on the whole data with the selected
         operating point. It is tuned on the whole data's tuning table with
         the same sweep and hull, and serves the selected target exactly (its
         ``expected_flops_`` is that target unless the hull ends below it).
         With ``cv=None`` or ``"prefit"`` the estimator fitted for the search
-        is reused: nothing is fitted twice.
+        is reused: nothing is fitted twice. A callable, as in
+        :class:`~sklearn.model_selection.GridSearchCV`, selects the row
+        itself: it receives :attr:`cv_results_` and returns the index of the
+        chosen row (``max_flops`` must then be ``None``); the estimator is
+        refitted at that row.
     n_jobs : int, default=None
         Folds run in parallel with joblib (``None``: 1, ``-1``: all cores).
     verbose : int, default=0
@@ -152,6 +156,10 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         per fold, with a note in :attr:`share_reason_`). ``True``: share or
         raise. ``False``: never. Results agree with unshared folds up to
         floating-point rounding of batched products.
+
+    budget : float > 0 or callable
+        Deprecated (renamed in 0.2.0, removed in 0.4.0): a float is
+        ``max_flops``, a callable is ``refit``.
 
     Attributes
     ----------
@@ -241,7 +249,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
     ...                     Nystroem(n_components=200, random_state=0), RidgeClassifier()).fit(X, y)
     >>> net = FrozenEstimator(net)  # clones keep it trained: only class means are fitted
     >>> search = FlopBudgetSearchCV(EarlyExitClassMeans(stages=net), flops_targets=200,
-    ...                             cv=3, budget=0.3, random_state=0).fit(X, y)
+    ...                             cv=3, max_flops=0.3, random_state=0).fit(X, y)
     >>> len(search.cv_results_["mean_test_score"])
     200
     >>> search.best_flops_ <= 0.3  # mean held-out cost of the selected target
@@ -257,14 +265,16 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         "flops_targets": [Interval(numbers.Integral, 1, None, closed="left"), "array-like"],
         "cv": ["cv_object", StrOptions({"prefit"})],
         "scoring": [StrOptions({"accuracy", "agreement"}), str, callable, None],
-        "budget": [Interval(numbers.Real, 0, None, closed="neither"), callable, None],
+        "max_flops": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "method": [StrOptions(set(SEARCH_METHODS)), None],
-        "refit": ["boolean"],
+        "refit": ["boolean", callable],
         "n_jobs": [numbers.Integral, None],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
         "return_train_score": ["boolean"],
         "share_stage_outputs": [StrOptions({"auto"}), "boolean"],
+        "budget": [Interval(numbers.Real, 0, None, closed="neither"), callable, None,
+                   Hidden(StrOptions({"deprecated"}))],
     }
 
     def __init__(
@@ -274,7 +284,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         *,
         cv=None,
         scoring=None,
-        budget=None,
+        max_flops=None,
         method=None,
         refit=True,
         n_jobs=None,
@@ -282,12 +292,13 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         random_state=None,
         return_train_score=False,
         share_stage_outputs="auto",
+        budget="deprecated",
     ):
         self.estimator = estimator
         self.flops_targets = flops_targets
         self.cv = cv
         self.scoring = scoring
-        self.budget = budget
+        self.max_flops = max_flops
         self.method = method
         self.refit = refit
         self.n_jobs = n_jobs
@@ -295,6 +306,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self.random_state = random_state
         self.return_train_score = return_train_score
         self.share_stage_outputs = share_stage_outputs
+        self.budget = budget
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -328,6 +340,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self : object
         """
         targets = check_targets(self.flops_targets)
+        selection = self._selection_rule()  # bad or deprecated arguments: before any fold
         scoring = resolve_scoring(self.scoring, self.estimator)
         if y is None and scoring.needs_y():
             raise ValueError(
@@ -342,6 +355,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self.scorer_ = scoring.name
         self._scoring = scoring
         self._targets = targets
+        self._selection = selection
         self.shared_stage_outputs_ = False
         self.share_reason_ = None
         self.method_, self._serve_own_points = self._resolve_method()
@@ -566,19 +580,20 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         scores = res["mean_test_score"]
         costs = res["mean_test_flops"]
         P = scores.shape[0]
-        if callable(self.budget):
-            idx = self.budget(res)
+        max_flops, rule = self._selection
+        if rule is not None:
+            idx = rule(res)
             if not isinstance(idx, numbers.Integral) or not 0 <= int(idx) < P:
                 raise ValueError(
-                    f"budget callable returned {idx!r}; expected an int index into "
+                    f"The selection callable returned {idx!r}; expected an int index into "
                     f"cv_results_ in [0, {P - 1}]."
                 )
             idx = int(idx)
         else:
-            ok = np.ones(P, bool) if self.budget is None else costs <= self.budget + 1e-9
+            ok = np.ones(P, bool) if max_flops is None else costs <= max_flops + 1e-9
             if not ok.any():
                 warn(
-                    f"No FLOP target meets budget={self.budget:g}: the cheapest mean cost is "
+                    f"No FLOP target meets max_flops={max_flops:g}: the cheapest mean cost is "
                     f"{costs.min():.4f}. Selecting the cheapest target.")
                 ok = costs <= costs.min() + 1e-12
             cand = np.flatnonzero(ok)
@@ -592,6 +607,27 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         self.best_params_ = dict(res["params"][idx])
         self.best_score_ = float(scores[idx])
         self.best_flops_ = float(costs[idx])
+
+    def _selection_rule(self):
+        """``(max_flops, callable or None)``, honouring the deprecated ``budget``."""
+        rule = self.refit if callable(self.refit) else None
+        if isinstance(self.budget, str) and self.budget == DEPRECATED:
+            if rule is not None and self.max_flops is not None:
+                raise ValueError(
+                    f"refit is a selection callable and max_flops={self.max_flops!r}: the "
+                    "callable chooses the row; set max_flops=None or refit=True.")
+            return self.max_flops, rule
+        if self.max_flops is not None or rule is not None:
+            raise ValueError(
+                f"FlopBudgetSearchCV got budget={self.budget!r} with max_flops="
+                f"{self.max_flops!r} / refit={self.refit!r}; 'budget' is the deprecated name "
+                "of max_flops (a float) and of a refit callable: set only those.")
+        new = "refit" if callable(self.budget) else "max_flops"
+        warn(f"FlopBudgetSearchCV: the parameter 'budget' was renamed in 0.2.0 and will be "
+             f"removed in 0.4.0; use {new}={self.budget!r}.", FutureWarning)
+        if self.budget is None:
+            return None, None
+        return (None, self.budget) if callable(self.budget) else (float(self.budget), None)
 
     # ------------------------------------------------------------- delegation
     def _check_refit(self, name):

@@ -325,3 +325,85 @@ def test_idx_files_without_a_network(tmp_path):
     rows = proc.stdout.strip().splitlines()
     assert rows[0] == "model,flops_target,flops,accuracy" and len(rows) == 3
     assert float(rows[1].split(",")[3]) > 0.85  # nearest class mean on the digits
+
+
+def test_skops_chain_needs_its_custom_types_trusted(tmp_path, files):
+    """A chain saved with skops: default-trusted types load; others are named and refused."""
+    sio = pytest.importorskip("skops.io")
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    d, X, y = files
+    (tmp_path / "my_steps.py").write_text(textwrap.dedent("""
+        from sklearn.preprocessing import StandardScaler
+
+        class Scale(StandardScaler):
+            pass
+    """))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from my_steps import Scale
+
+        custom = make_pipeline(Scale(), PCA(16, random_state=0),
+                               LogisticRegression(max_iter=500)).fit(X, y)
+        sio.dump(custom, tmp_path / "custom.skops")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("my_steps", None)
+    plain = make_pipeline(StandardScaler(), PCA(16, random_state=0),
+                          LogisticRegression(max_iter=500)).fit(X, y)
+    sio.dump(plain, tmp_path / "plain.skops")
+
+    out = tmp_path / "exits.npz"
+    assert main(["fit", "--network", str(tmp_path / "plain.skops"), "--X", str(d / "data.npz"),
+                 "--out", str(out), "--flops-target", "0.8"]) == 0
+    proc = cli("predict", "--network", tmp_path / "plain.skops", "--exits", out, "--X",
+               d / "X.npy")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 1 + len(y)
+
+    out2 = tmp_path / "custom_exits.npz"
+    line = assert_user_error(
+        cli("fit", "--network", tmp_path / "custom.skops", "--X", d / "data.npz", "--out", out2,
+            env_path=tmp_path), "not trusted by default", "my_steps.Scale",
+        "--trust my_steps.Scale")
+    assert "custom.skops" in line and not out2.exists()
+    # trusted, it loads; the package cannot count a custom step's FLOPs: it says so ...
+    assert_user_error(cli("fit", "--network", tmp_path / "custom.skops", "--X", d / "data.npz",
+                          "--out", out2, "--trust", "my_steps.Scale", env_path=tmp_path),
+                      "FLOPs of stage 'scale' (Scale) cannot be known")
+    # ... and --stage-costs gives them
+    proc = cli("fit", "--network", tmp_path / "custom.skops", "--X", d / "data.npz", "--out",
+               out2, "--trust", "my_steps.Scale", "--stage-costs", "128,2048,330",
+               env_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("predict", "--network", tmp_path / "custom.skops", "--exits", out2, "--X",
+               d / "X.npy", "--trust", "my_steps.Scale", env_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 1 + len(y)
+
+
+def test_fit_internal_classifiers_and_options_of_the_other_estimator(files, tmp_path):
+    torch = pytest.importorskip("torch")
+    from sklearn_e2cm import InternalClassifierEarlyExit, load_exits
+
+    d, X, y = files
+    out = tmp_path / "ic.npz"
+    assert main(["fit", "--network", str(d / "net.pt"), "--X", str(d / "data.npz"),
+                 "--out", str(out), "--estimator", "internal", "--method", "branchynet",
+                 "--exit-at", "0", "--epochs", "2", "--combine", "consult",
+                 "--sweep-resolution", "100", "--flops-target", "0.8"]) == 0
+    est = load_exits(out, stages=torch.jit.load(d / "net.pt"))
+    assert isinstance(est, InternalClassifierEarlyExit)
+    assert (est.method, est.epochs, est.combine, est.sweep_resolution) == (
+        "branchynet", 2, "consult", 100)
+    assert est.score(X, y) > 0.8
+    # options of the internal classifiers are refused for class means, not ignored
+    assert main(["fit", "--network", str(d / "net.pt"), "--X", str(d / "data.npz"),
+                 "--out", str(tmp_path / "e.npz"), "--epochs", "3"]) == 2
+    with pytest.raises(SystemExit):
+        main(["fit", "--network", str(d / "net.pt"), "--X", str(d / "data.npz"),
+              "--out", str(tmp_path / "e.npz"), "--exit-at", "a,b"])
+    assert not (tmp_path / "e.npz").exists()

@@ -751,7 +751,7 @@ def test_ee_on_digits():
     X = X / 16.0
     est = _with_one_thread(lambda: DECEarlyExit(
         10, hidden=(64, 64, 128), embedding_dim=10, pretrain_epochs=30, batch_size=64,
-        max_iter=300, update_interval=30, n_init=5, random_state=0, n_targets=200,
+        max_iter=300, update_interval=30, n_init=5, random_state=0, sweep_resolution=200,
         flops_target=0.6).fit(X))
     acc_large = clustering_accuracy(y, est.labels_)
     acc_km = clustering_accuracy(y, KMeans(10, n_init=5, random_state=0).fit_predict(X))
@@ -767,7 +767,7 @@ def test_ee_on_digits():
     [
         DECEarlyExit(
             n_clusters=3, hidden=(8, 8), embedding_dim=2, pretrain_epochs=2, max_iter=10,
-            update_interval=5, n_init=2, batch_size=16, n_targets=20, random_state=0,
+            update_interval=5, n_init=2, batch_size=16, sweep_resolution=20, random_state=0,
         )
     ],
     expected_failed_checks=_expected_failed_checks,

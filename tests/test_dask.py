@@ -50,7 +50,7 @@ def test_search_folds_run_on_the_cluster(client):
     # unfitted steps: every fold fits its own stages, in a worker process
     est = EarlyExitClassMeans(stages=[StandardScaler(), PCA(16, random_state=0),
                                       LogisticRegression(max_iter=300)], random_state=0)
-    kw = dict(flops_targets=50, cv=3, budget=0.8, random_state=0, method="bisect")
+    kw = dict(flops_targets=50, cv=3, max_flops=0.8, random_state=0, method="bisect")
     local = FlopBudgetSearchCV(clone(est), n_jobs=1, **kw).fit(X, y)
     with distributed.get_task_stream(client) as tasks:
         with joblib.parallel_backend("dask"):
@@ -86,7 +86,7 @@ def test_fit_on_a_dask_array_equals_numpy(client, metric):
 
     def est():  # not clone: it would unfit the steps
         return EarlyExitClassMeans(stages=stages, metric=metric, flops_target=0.4,
-                                   n_targets=50, random_state=0)
+                                   sweep_resolution=50, random_state=0)
 
     ref = est().fit(X, y, sample_weight=w)
     Xd = da.from_array(X, chunks=(200, 32))  # 9 row blocks (2 merge levels), 2 column chunks

@@ -58,7 +58,7 @@ CASES = textwrap.dedent('''
 
     def estimator(stages, metric, flops_target=0.5, **kw):
         return EarlyExitClassMeans(stages=stages, metric=metric, flops_target=flops_target,
-                                   n_targets=50, random_state=0, **kw)
+                                   sweep_resolution=50, random_state=0, **kw)
 
 
     def fits(rank=None, world=1):

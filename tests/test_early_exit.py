@@ -39,7 +39,7 @@ def fitted(digits):
     [
         EarlyExitClassMeans(),
         EarlyExitClassMeans(stages=[StandardScaler(), LogisticRegression()], flops_target=0.8,
-                            n_targets=50, random_state=0),
+                            sweep_resolution=50, random_state=0),
     ]
 )
 def test_sklearn_compatible(estimator, check):
@@ -191,7 +191,7 @@ def test_time_sharing_meets_target_on_10k_samples():
     for target in (0.3, 0.45, 0.7):
         clf = EarlyExitClassMeans(
             stages=[StandardScaler(), PCA(6, random_state=0), LogisticRegression()],
-            stage_costs=[100.0, 1000.0, 200.0], flops_target=target, n_targets=200,
+            stage_costs=[100.0, 1000.0, 200.0], flops_target=target, sweep_resolution=200,
             random_state=0,
         ).fit(X, y)
         hull = clf.tradeoff_[clf.tradeoff_.on_hull]
@@ -224,7 +224,7 @@ def test_gridsearch_pipeline_joblib_pandas_strings(digits, tmp_path):
     Xtr, Xte, ytr, yte = digits
     gs = GridSearchCV(
         EarlyExitClassMeans(stages=[StandardScaler(), PCA(16), LogisticRegression(max_iter=200)],
-                            n_targets=100, random_state=0),
+                            sweep_resolution=100, random_state=0),
         {"flops_target": [0.4, 0.6, 1.0]}, cv=2,
     ).fit(Xtr, ytr)
     assert gs.best_params_["flops_target"] in (0.4, 0.6, 1.0)
@@ -312,7 +312,7 @@ def test_targets_above_the_hull_top_are_met_with_the_base_model(digits, threshol
     Xtr, Xte, ytr, yte = digits
     stages = [StandardScaler(), PCA(20, random_state=0),
               Nystroem(n_components=300, random_state=0), LogisticRegression(max_iter=500)]
-    clf = EarlyExitClassMeans(stages=stages, flops_target=0.6, random_state=0, n_targets=200,
+    clf = EarlyExitClassMeans(stages=stages, flops_target=0.6, random_state=0, sweep_resolution=200,
                               threshold_search=threshold_search).fit(Xtr, ytr)
     top = clf.tradeoff_.sort_values("accuracy", kind="stable").iloc[-1]
     assert top["flops"] < 0.6  # the hull tops out below the target on these tuning rows
@@ -465,3 +465,19 @@ def test_warns_when_training_rows_make_an_early_exit_look_perfect():
         EarlyExitClassMeans(stages=stages, flops_target=0.5, calibration=0.25,
                             random_state=0).fit(X, y)
         EarlyExitClassMeans(stages=stages, random_state=0).fit(X, y)  # no budget asked
+
+
+def test_renamed_sweep_resolution_keeps_the_old_name_with_a_future_warning():
+    X, y = load_digits(return_X_y=True)
+    steps = [StandardScaler(), PCA(16, random_state=0), LogisticRegression(max_iter=500)]
+    new = EarlyExitClassMeans(stages=steps, flops_target=0.8, sweep_resolution=50,
+                              random_state=0).fit(X, y)
+    with pytest.warns(FutureWarning, match="'n_targets' was renamed 'sweep_resolution'"):
+        old = EarlyExitClassMeans(stages=steps, flops_target=0.8, n_targets=50,
+                                  random_state=0).fit(X, y)
+    assert len(old.tradeoff_) == len(new.tradeoff_)
+    np.testing.assert_array_equal(old.mixture_thresholds_, new.mixture_thresholds_)
+    with pytest.raises(ValueError, match="both n_targets=50 and sweep_resolution=60"):
+        EarlyExitClassMeans(stages=steps, flops_target=0.8, n_targets=50,
+                            sweep_resolution=60).fit(X, y)
+    assert clone(old).get_params()["n_targets"] == 50

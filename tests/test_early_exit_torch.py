@@ -306,8 +306,8 @@ def test_search_shares_one_forward_pass_over_the_network(stages, data):
     for ca, cb in zip(a.class_means_, b.class_means_):
         np.testing.assert_allclose(ca, cb, rtol=1e-5, atol=1e-6)
     assert np.mean(a.predict(Xte) == b.predict(Xte)) > 0.99
-    s = FlopBudgetSearchCV(est, flops_targets=40, cv=3, budget=0.5, random_state=0).fit(Xtr, ytr)
-    u = FlopBudgetSearchCV(est, flops_targets=40, cv=3, budget=0.5, random_state=0,
+    s = FlopBudgetSearchCV(est, flops_targets=40, cv=3, max_flops=0.5, random_state=0).fit(Xtr, ytr)
+    u = FlopBudgetSearchCV(est, flops_targets=40, cv=3, max_flops=0.5, random_state=0,
                            share_stage_outputs=False).fit(Xtr, ytr)
     assert s.shared_stage_outputs_ and not u.shared_stage_outputs_
     np.testing.assert_allclose(s.cv_results_["mean_test_score"],
@@ -323,7 +323,7 @@ def test_search_rows_equal_gridsearchcv_on_a_network(stages, data):
     from sklearn_e2cm import FlopBudgetSearchCV
 
     Xtr, ytr, Xte, yte = data
-    est = EarlyExitClassMeans(stages=stages, batch_size=128, random_state=0, n_targets=100)
+    est = EarlyExitClassMeans(stages=stages, batch_size=128, random_state=0, sweep_resolution=100)
     targets = [0.4, 0.6, 0.9]
     for X in (Xtr, torch.from_numpy(Xtr)):
         fb = FlopBudgetSearchCV(est, flops_targets=targets, cv=3).fit(X, ytr)

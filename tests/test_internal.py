@@ -233,9 +233,9 @@ def test_unreachable_budget_warns_and_serves_the_cheapest_point(digits):
 
 @parametrize_with_checks(
     [
-        InternalClassifierEarlyExit(epochs=3, n_targets=50, random_state=0),
+        InternalClassifierEarlyExit(epochs=3, sweep_resolution=50, random_state=0),
         InternalClassifierEarlyExit(stages=[StandardScaler(), LogisticRegression()],
-                                    exit_at=[0], epochs=3, flops_target=0.8, n_targets=50,
+                                    exit_at=[0], epochs=3, flops_target=0.8, sweep_resolution=50,
                                     random_state=0),
     ],
     # minibatch training: a weight of 2 scales a row's gradient, a duplicated row changes
@@ -252,9 +252,9 @@ def test_flop_budget_search_accepts_it(digits):
     Xtr, Xte, ytr, yte = digits
     from sklearn_e2cm import FlopBudgetSearchCV
 
-    est = InternalClassifierEarlyExit(_stages(), exit_at=[0, 1, 2], epochs=3, n_targets=100,
+    est = InternalClassifierEarlyExit(_stages(), exit_at=[0, 1, 2], epochs=3, sweep_resolution=100,
                                       random_state=0)
-    search = FlopBudgetSearchCV(est, flops_targets=50, cv=3, budget=0.9,
+    search = FlopBudgetSearchCV(est, flops_targets=50, cv=3, max_flops=0.9,
                                 random_state=0).fit(Xtr, ytr)
     assert search.best_estimator_.expected_flops_ <= 0.9 + 1e-9
     assert search.best_estimator_.score(Xte, yte) > 0.8

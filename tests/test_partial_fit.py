@@ -40,7 +40,7 @@ def fitted_stages(digits):
 
 def _est(stages, metric, **kw):
     kw.setdefault("flops_target", 0.4)
-    kw.setdefault("n_targets", 50)
+    kw.setdefault("sweep_resolution", 50)
     return EarlyExitClassMeans(stages=stages, metric=metric, random_state=0, **kw)
 
 

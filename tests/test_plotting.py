@@ -27,7 +27,7 @@ def fitted():
     net = make_pipeline(StandardScaler(), PCA(24, random_state=0),
                         Nystroem(n_components=150, random_state=0), RidgeClassifier())
     net = FrozenEstimator(net.fit(Xtr, ytr))
-    clf = EarlyExitClassMeans(stages=net, flops_target=0.2, n_targets=200,
+    clf = EarlyExitClassMeans(stages=net, flops_target=0.2, sweep_resolution=200,
                               random_state=0).fit(Xtr, ytr)
     return clf, Xte, yte, net, Xtr, ytr
 
@@ -80,7 +80,7 @@ def test_from_estimator_tuned_on_data_is_concave_and_agreement(fitted):
 def test_compare_and_plot_flags(fitted):
     clf, Xte, yte, net, Xtr, ytr = fitted
     other = EarlyExitClassMeans(stages=net, metric="mahalanobis", flops_target=0.2,
-                                n_targets=100, random_state=0).fit(Xtr, ytr)
+                                sweep_resolution=100, random_state=0).fit(Xtr, ytr)
     disp = TradeoffDisplay.from_estimator(clf, Xte, yte, compare={"whitened": other},
                                           name="euclidean")
     assert len(disp.comparisons) == 1 and disp.comparisons[0].name == "whitened"
@@ -98,7 +98,7 @@ def test_from_predictions(fitted):
     clf, Xte, yte, *_ = fitted
     preds, costs = [], []
     for t in (0.1, 0.2, 0.4):
-        est = EarlyExitClassMeans(stages=clf.stages, flops_target=t, n_targets=100,
+        est = EarlyExitClassMeans(stages=clf.stages, flops_target=t, sweep_resolution=100,
                                   random_state=0).fit(fitted[4], fitted[5])
         r = est.route(Xte)
         preds.append(r.y_pred)

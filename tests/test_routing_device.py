@@ -272,3 +272,50 @@ def test_empty_batches_of_a_loader_route_nothing(fitted):
     r = est.route(Loader())
     assert len(r) == 20 and r.proba.shape == (20, 10)
     np.testing.assert_array_equal(r.y_pred, est.predict(X[:20]))
+
+
+class _Flag(nn.Module):
+    """Stage 0: +inf in the rows whose first input is above 5 (an overflowing exit vector)."""
+
+    def forward(self, x):
+        return torch.where(x[:, :1] > 5.0, torch.full_like(x, float("inf")), x)
+
+
+def _clamped_chain():
+    torch.manual_seed(0)
+    # stage 1 clamps, so the network itself stays finite: only the first exit is undefined
+    return nn.Sequential(_Flag(), nn.Sequential(nn.Hardtanh(-4.0, 4.0), nn.Linear(6, 8)),
+                         nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("array_input", [False, True])
+def test_non_finite_continue_lets_undefined_rows_go_on(array_input):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 6)).astype(np.float32)
+    y = (X[:, 1] > 0).astype(int) + (X[:, 2] > 0.5)
+    net = _clamped_chain()
+    est = EarlyExitClassMeans(stages=net, flops_target=0.5, stage_costs=[10.0, 100.0, 24.0],
+                              random_state=0).fit(X, y)
+    Xbad = X.copy()
+    Xbad[:40, 0] = 9.0  # rows whose exit vector at stage 0 is infinite
+    Xbad_in = torch.from_numpy(Xbad) if not array_input else Xbad
+    with pytest.raises(ValueError, match=r"stage 0 .*contains NaN or infinity"):
+        est.predict(Xbad_in)
+    lenient = EarlyExitClassMeans(**{**est.get_params(), "non_finite": "continue"}).fit(X, y)
+    np.testing.assert_array_equal(lenient.predict(X), est.predict(X))  # same when finite
+    with pytest.warns(UserWarning, match=r"40 exit decision\(s\).*non_finite='continue'"):
+        res = lenient.route(Xbad_in)
+    assert (res.exit_stage[:40] >= 1).all()  # never left at the undefined exit
+    with torch.inference_mode():
+        z = net(torch.from_numpy(Xbad[:40]))
+    base = z.argmax(1).numpy()
+    last = res.exit_stage[:40] == 2
+    np.testing.assert_array_equal(res.y_pred[:40][last], lenient.classes_[base[last]])
+    # the other rows are routed exactly as by the strict estimator
+    clean = est.route(Xbad[40:] if array_input else torch.from_numpy(Xbad[40:]))
+    np.testing.assert_array_equal(res.y_pred[40:], clean.y_pred)
+    np.testing.assert_array_equal(res.exit_stage[40:], clean.exit_stage)
+    # a non-finite final output still raises
+    with pytest.raises(ValueError, match="contains NaN or infinity"):
+        lenient.predict(np.full((3, 6), np.nan, np.float32) if array_input else
+                        torch.full((3, 6), float("nan")))

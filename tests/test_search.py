@@ -35,7 +35,7 @@ def _est(net, **kw):
 @pytest.fixture(scope="module")
 def search(data):
     Xtr, Xte, ytr, yte, net = data
-    return FlopBudgetSearchCV(_est(net), flops_targets=100, cv=3, budget=0.3,
+    return FlopBudgetSearchCV(_est(net), flops_targets=100, cv=3, max_flops=0.3,
                               return_train_score=True, random_state=0).fit(Xtr, ytr)
 
 
@@ -115,7 +115,7 @@ def test_refit_serves_the_selected_target(search, data):
 @pytest.mark.slow
 def test_same_results_for_n_jobs_1_and_2(data):
     Xtr, Xte, ytr, yte, net = data
-    kw = dict(flops_targets=50, cv=3, budget=0.4, random_state=0, method="bisect")
+    kw = dict(flops_targets=50, cv=3, max_flops=0.4, random_state=0, method="bisect")
     a = FlopBudgetSearchCV(_est(net), n_jobs=1, **kw).fit(Xtr, ytr)
     b = FlopBudgetSearchCV(_est(net), n_jobs=2, **kw).fit(Xtr, ytr)
     for key in a.cv_results_:
@@ -130,7 +130,7 @@ def test_same_results_for_n_jobs_1_and_2(data):
 
 def test_cv_none_tunes_on_training_data_once(data):
     Xtr, Xte, ytr, yte, net = data
-    s = FlopBudgetSearchCV(_est(net), flops_targets=200, budget=0.25).fit(Xtr, ytr)
+    s = FlopBudgetSearchCV(_est(net), flops_targets=200, max_flops=0.25).fit(Xtr, ytr)
     assert s.n_splits_ == 1
     res = s.cv_results_
     assert "split0_test_score" in res and "split1_test_score" not in res
@@ -152,7 +152,7 @@ def test_label_free_calibration_with_agreement(data):
     Xtr, Xte, ytr, yte, net = data
     fitted = _est(net).fit(Xtr, ytr)  # class means fitted on labelled data elsewhere
     s = FlopBudgetSearchCV(fitted, flops_targets=100, cv="prefit", scoring="agreement",
-                           budget=0.3).fit(Xte)  # unlabelled device data
+                           max_flops=0.3).fit(Xte)  # unlabelled device data
     assert s.scorer_ == "agreement"
     best = s.best_estimator_
     assert best is not fitted and fitted.flops_target is None
@@ -179,7 +179,7 @@ def test_agreement_with_cv_needs_no_labels_for_scoring(data):
 def test_callable_and_named_metrics(data):
     Xtr, Xte, ytr, yte, net = data
     kw = dict(flops_targets=40, cv=KFold(3, shuffle=True, random_state=0), random_state=0)
-    est = _est(net, n_targets=100)
+    est = _est(net, sweep_resolution=100)
     acc = FlopBudgetSearchCV(est, **kw).fit(Xtr, ytr)
     fn = FlopBudgetSearchCV(est, scoring=lambda yt, yp: np.mean(yt == yp), **kw).fit(Xtr, ytr)
     # same operating points, routed the same way: a metric that is accuracy gives accuracy
@@ -200,18 +200,29 @@ def test_callable_and_named_metrics(data):
 @pytest.mark.slow
 def test_budget_callable_refit_false_and_errors(data):
     Xtr, Xte, ytr, yte, net = data
-    s = FlopBudgetSearchCV(_est(net), flops_targets=20, cv=2, refit=False,
-                           budget=lambda res: int(np.argmin(np.abs(
-                               res["mean_test_flops"] - 0.2)))).fit(Xtr, ytr)
+    def near_02(res):
+        return int(np.argmin(np.abs(res["mean_test_flops"] - 0.2)))
+
+    with pytest.warns(FutureWarning, match="'budget' was renamed.*use refit="):
+        s = FlopBudgetSearchCV(_est(net), flops_targets=20, cv=2, refit=False,
+                               budget=near_02).fit(Xtr, ytr)
     assert abs(s.best_flops_ - 0.2) < 0.03
     assert s.best_index_ == np.argmin(np.abs(s.cv_results_["mean_test_flops"] - 0.2))
     assert not hasattr(s, "best_estimator_")
     with pytest.raises(AttributeError, match="refit=False"):
         s.predict(Xte)
     assert s.pareto_front_.thresholds.isna().all()
-    with pytest.raises(ValueError, match="budget callable returned 'x'"):
+    with pytest.raises(ValueError, match="selection callable returned 'x'"):
         FlopBudgetSearchCV(_est(net), flops_targets=5, cv=2,
-                           budget=lambda r: "x").fit(Xtr, ytr)
+                           refit=lambda r: "x").fit(Xtr, ytr)
+    # refit=callable selects and refits (GridSearchCV's convention)
+    r = FlopBudgetSearchCV(_est(net), flops_targets=20, cv=2, refit=near_02).fit(Xtr, ytr)
+    assert r.best_index_ == s.best_index_
+    assert abs(r.best_estimator_.expected_flops_ - r.best_params_["flops_target"]) < 1e-9
+    with pytest.raises(ValueError, match="max_flops=0.3.*set max_flops=None"):
+        FlopBudgetSearchCV(_est(net), refit=near_02, max_flops=0.3).fit(Xtr, ytr)
+    with pytest.raises(ValueError, match="budget=0.3 with max_flops=0.2"):
+        FlopBudgetSearchCV(_est(net), budget=0.3, max_flops=0.2).fit(Xtr, ytr)
     with pytest.raises(ValueError, match=r"flops_targets must lie in \(0, 1\].*1.5"):
         FlopBudgetSearchCV(_est(net), flops_targets=[0.5, 1.5]).fit(Xtr, ytr)
     with pytest.raises(ValueError, match="needs the labels y"):
@@ -220,8 +231,8 @@ def test_budget_callable_refit_false_and_errors(data):
         FlopBudgetSearchCV(_est(net), scoring="no_such_metric").fit(Xtr, ytr)
     with pytest.raises(ValueError, match="method"):
         FlopBudgetSearchCV(_est(net), method="newton").fit(Xtr, ytr)
-    with pytest.warns(UserWarning, match="No FLOP target meets budget=0.001"):
-        FlopBudgetSearchCV(_est(net), flops_targets=10, budget=0.001).fit(Xtr, ytr)
+    with pytest.warns(UserWarning, match="No FLOP target meets max_flops=0.001"):
+        FlopBudgetSearchCV(_est(net), flops_targets=10, max_flops=0.001).fit(Xtr, ytr)
 
 
 def test_plot_draws_the_cv_curve(search):
@@ -241,8 +252,8 @@ def test_plot_draws_the_cv_curve(search):
 def test_sweep_hull_matches_estimator_own_search(data):
     """cv=None reproduces the estimator's own sweep and hull exactly (same grid and seed)."""
     Xtr, Xte, ytr, yte, net = data
-    est = _est(net, flops_target=0.3, n_targets=100).fit(Xtr, ytr)
-    s = FlopBudgetSearchCV(_est(net, n_targets=100), flops_targets=37, budget=0.3,
+    est = _est(net, flops_target=0.3, sweep_resolution=100).fit(Xtr, ytr)
+    s = FlopBudgetSearchCV(_est(net, sweep_resolution=100), flops_targets=37, max_flops=0.3,
                            random_state=0).fit(Xtr, ytr)
     ours, theirs = s.best_estimator_.tradeoff_, est.tradeoff_
     np.testing.assert_array_equal(ours.flops.to_numpy(), theirs.flops.to_numpy())
@@ -266,10 +277,10 @@ def test_cv_results_equal_gridsearchcv_over_flops_target(data, kw, share):
     Xtr, Xte, ytr, yte, net = data
     targets = [0.2, 0.25, 0.3, 0.45, 0.7]
     cv = StratifiedKFold(3, shuffle=True, random_state=1)
-    est = _est(net, n_targets=200, **kw)
+    est = _est(net, sweep_resolution=200, **kw)
     gs = GridSearchCV(est, {"flops_target": targets}, cv=cv, refit=False,
                       scoring={"accuracy": "accuracy", "flops": _route_flops}).fit(Xtr, ytr)
-    fb = FlopBudgetSearchCV(est, flops_targets=targets, cv=cv, budget=0.3,
+    fb = FlopBudgetSearchCV(est, flops_targets=targets, cv=cv, max_flops=0.3,
                             share_stage_outputs=share).fit(Xtr, ytr)
     assert fb.shared_stage_outputs_ is share
     for k in range(3):
@@ -283,7 +294,7 @@ def test_cv_results_equal_gridsearchcv_over_flops_target(data, kw, share):
     np.testing.assert_allclose(fb.best_estimator_.mixture_thresholds_, ref.mixture_thresholds_,
                                atol=1e-12)
     # a finer grid that contains GridSearchCV's targets selects an equal or better score
-    fine = FlopBudgetSearchCV(est, flops_targets=200, cv=cv, budget=0.3,
+    fine = FlopBudgetSearchCV(est, flops_targets=200, cv=cv, max_flops=0.3,
                               share_stage_outputs=share).fit(Xtr, ytr)
     ok = gs.cv_results_["mean_test_flops"] <= 0.3 + 1e-9
     assert fine.best_score_ >= gs.cv_results_["mean_test_accuracy"][ok].max() - 1e-12
@@ -292,9 +303,9 @@ def test_cv_results_equal_gridsearchcv_over_flops_target(data, kw, share):
 
 def test_search_seeds_an_unseeded_estimator(data):
     Xtr, Xte, ytr, yte, net = data
-    est = EarlyExitClassMeans(stages=net, n_targets=100)  # random_state=None
-    a = FlopBudgetSearchCV(est, flops_targets=50, cv=3, budget=0.3, random_state=4).fit(Xtr, ytr)
-    b = FlopBudgetSearchCV(est, flops_targets=50, cv=3, budget=0.3, random_state=4).fit(Xtr, ytr)
+    est = EarlyExitClassMeans(stages=net, sweep_resolution=100)  # random_state=None
+    a = FlopBudgetSearchCV(est, flops_targets=50, cv=3, max_flops=0.3, random_state=4).fit(Xtr, ytr)
+    b = FlopBudgetSearchCV(est, flops_targets=50, cv=3, max_flops=0.3, random_state=4).fit(Xtr, ytr)
     seed = a.best_estimator_.random_state
     assert isinstance(seed, int) and seed == b.best_estimator_.random_state
     np.testing.assert_array_equal(a.cv_results_["mean_test_score"],
@@ -316,10 +327,10 @@ def clone_with(est, **params):
 def test_method_none_follows_the_estimator(data):
     Xtr, Xte, ytr, yte, net = data
     s = FlopBudgetSearchCV(_est(net, threshold_search="bisect-hull"), flops_targets=20,
-                           budget=0.3).fit(Xtr, ytr)
+                           max_flops=0.3).fit(Xtr, ytr)
     assert s.method_ == "bisect"
     assert s.best_estimator_.threshold_search == "bisect-hull"
-    s = FlopBudgetSearchCV(_est(net), flops_targets=20, budget=0.3).fit(Xtr, ytr)
+    s = FlopBudgetSearchCV(_est(net), flops_targets=20, max_flops=0.3).fit(Xtr, ytr)
     assert s.method_ == "coordinate" and s.best_estimator_.threshold_search == "hull"
 
 
@@ -346,13 +357,13 @@ def test_shared_forward_pass_runs_the_stages_once(data):
     net = _frozen_counting_net(Xtr, ytr)
     _CountingScaler.rows = 0
     costs = {0: 2.0 * Xtr.shape[1]}  # the counting scaler has no cost rule
-    s = FlopBudgetSearchCV(_est(net, stage_costs=costs), flops_targets=50, cv=3, budget=0.3,
+    s = FlopBudgetSearchCV(_est(net, stage_costs=costs), flops_targets=50, cv=3, max_flops=0.3,
                            random_state=0).fit(Xtr, ytr)
     assert s.shared_stage_outputs_ and s.share_reason_ is None
     # one pass over the data (plus a probe of the widths): folds and refit run no stage
     assert _CountingScaler.rows <= len(Xtr) + 2
     _CountingScaler.rows = 0
-    u = FlopBudgetSearchCV(_est(net, stage_costs=costs), flops_targets=50, cv=3, budget=0.3,
+    u = FlopBudgetSearchCV(_est(net, stage_costs=costs), flops_targets=50, cv=3, max_flops=0.3,
                            random_state=0,
                            share_stage_outputs=False).fit(Xtr, ytr)
     assert not u.shared_stage_outputs_ and u.share_reason_ == "share_stage_outputs=False"

@@ -1,8 +1,10 @@
 """What the subcommands share: loading networks, data and exits files; user errors.
 
 A network is given as a TorchScript file (``torch.jit.save``), a
-``torch.export`` file (``torch.export.save``) or ``module:function`` (imported
-and called with no arguments; it returns the network, a list of stages or a
+``torch.export`` file (``torch.export.save``), a scikit-learn chain saved with
+``skops.io.dump`` (loaded with skops' default trusted types plus the ones
+named by ``--trust``: never pickle) or ``module:function`` (imported and
+called with no arguments; it returns the network, a list of stages or a
 scikit-learn chain). Data are ``.npy`` arrays, ``.npz`` archives or IDX files
 (MNIST's format, gzip-compressed or not), told apart by their first bytes.
 """
@@ -61,13 +63,19 @@ def _check_file(path, what):
 
 
 def add_network_argument(parser, required):
-    """The ``--network`` option (a file or ``module:function``)."""
+    """The ``--network`` option (a file or ``module:function``) and ``--trust``."""
     parser.add_argument(
         "--network", metavar="SPEC", required=required, default=None,
         help="the trained model: a TorchScript file (torch.jit.save), a torch.export file "
-             "(torch.export.save) or MODULE:FUNCTION, a function called with no arguments "
+             "(torch.export.save), a fitted scikit-learn chain saved with skops.io.dump "
+             "(*.skops) or MODULE:FUNCTION, a function called with no arguments "
              "that returns the network, a list of stages or fitted scikit-learn steps"
              + ("" if required else " (default: none, the input is the only stage)"))
+    parser.add_argument(
+        "--trust", metavar="TYPE", action="append", default=[],
+        help="a type the --network .skops file may hold beyond skops' defaults, e.g. "
+             "sklearn_e2cm.stages.Something; repeat for several. Only name types you have "
+             "audited: loading runs their code")
 
 
 def network_label(spec):
@@ -75,7 +83,7 @@ def network_label(spec):
     return "no --network (the input as the only stage)" if spec is None else f"--network {spec}"
 
 
-def load_network(spec):
+def load_network(spec, trust=()):
     """The stages described by ``--network``: a torch module, a list or a chain.
 
     Parameters
@@ -83,6 +91,8 @@ def load_network(spec):
     spec : str or None
         A file path or ``module:function``; ``None`` gives ``None`` (the input
         is the only stage).
+    trust : sequence of str, default=()
+        Types a skops file may hold beyond skops' default trusted types.
 
     Returns
     -------
@@ -98,8 +108,11 @@ def load_network(spec):
     not_network = CLIError(
         f"{spec!r} is not a TorchScript or torch.export file; give a file saved with "
         "torch.jit.save or torch.export.save, or MODULE:FUNCTION.")
-    if not zipfile.is_zipfile(spec):  # both formats are zip archives
+    if not zipfile.is_zipfile(spec):  # all three formats are zip archives
         raise not_network
+    with zipfile.ZipFile(spec) as archive:
+        if "schema.json" in archive.namelist():  # skops.io.dump's layout
+            return _load_skops(spec, trust)
     torch = import_torch()
     try:
         return torch.jit.load(spec, map_location="cpu")
@@ -118,6 +131,24 @@ def load_network(spec):
         return torch.export.unflatten(program)
     except Exception:
         return program.module()
+
+
+def _load_skops(path, trust):
+    """A scikit-learn chain saved with ``skops.io.dump``: no pickle, types checked first."""
+    try:
+        import skops.io as sio
+    except ImportError:
+        raise CLIError(f"{path!r} is a skops file; reading it needs skops "
+                       "(pip install skops).") from None
+    with user_errors(f"cannot read the skops file {path!r}"):
+        untrusted = sio.get_untrusted_types(file=path)
+        refused = sorted(set(untrusted) - set(trust))
+        if refused:
+            raise CLIError(
+                f"the skops file {path!r} holds types that are not trusted by default: "
+                f"{', '.join(refused)}. Loading runs their code: audit them, then pass "
+                + " ".join(f"--trust {t}" for t in refused) + ".")
+        return sio.load(path, trusted=list(untrusted))
 
 
 def _call_function(spec):
@@ -267,7 +298,7 @@ def load_fitted(args):
     from ..persistence import load_exits
 
     _check_file(args.exits, "exits file")
-    stages = load_network(args.network)
+    stages = load_network(args.network, trust=args.trust)
     overrides = {k: v for k, v in (("device", args.device), ("batch_size", args.batch_size))
                  if v is not None}
     with user_errors(f"cannot use the exits {args.exits!r} with {network_label(args.network)}"):

@@ -1,10 +1,15 @@
-"""``fit``: fit E²CM exits on a trained network and labelled data, write them to a file.
+"""``fit``: fit early exits on a trained network and labelled data, write them to a file.
 
-The exits are written with :func:`sklearn_e2cm.save_exits` (JSON and arrays,
-nothing executable); the network is not stored: ``curve`` and ``predict`` take
-it again with ``--network`` and check it against the file.
+``--estimator class-means`` (the default) fits E²CM
+(:class:`~sklearn_e2cm.EarlyExitClassMeans`); ``--estimator internal`` trains
+internal classifiers (:class:`~sklearn_e2cm.InternalClassifierEarlyExit`:
+SDN, BranchyNet or BWDS, optionally consulting E²CM). The exits are written
+with :func:`sklearn_e2cm.save_exits` (JSON and arrays, nothing executable);
+the network is not stored: ``curve`` and ``predict`` take it again with
+``--network`` and check it against the file.
 """
 
+import argparse
 import time
 
 from ._load import (
@@ -42,6 +47,30 @@ def _calibration(text):
     return int(value) if value >= 1 and value == int(value) else value
 
 
+def _exit_at(text):
+    """``--exit-at``: comma-separated stage indices, or fractions of the FLOPs."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give comma-separated stage indices (0,2,4) or fractions of the FLOPs "
+            "(0.2,0.5)") from None
+    return [int(v) if v == int(v) and v >= 1 or v == 0 else v for v in values]
+
+
+def _stage_costs(text):
+    """``--stage-costs``: per-sample FLOPs of every stage, comma-separated."""
+    try:
+        costs = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give the per-sample FLOPs of every stage, comma-separated "
+            "(e.g. 128,2048,320)") from None
+    if not costs:
+        raise argparse.ArgumentTypeError(f"{text!r}: no costs given")
+    return costs
+
+
 def add_parser(sub):
     """The ``fit`` subcommand's parser."""
     p = sub.add_parser(
@@ -55,7 +84,11 @@ def add_parser(sub):
     add_data_arguments(p, need_y=True)
     p.add_argument("--out", required=True, metavar="FILE",
                    help="where the exits are written (conventionally *.npz)")
-    e = p.add_argument_group("estimator (sklearn_e2cm.EarlyExitClassMeans)")
+    p.add_argument("--estimator", choices=["class-means", "internal"], default="class-means",
+                   help="class-means: E2CM exits (no training, one pass); internal: trained "
+                        "internal classifiers (SDN, BranchyNet, BWDS; options below) "
+                        "(default: %(default)s)")
+    e = p.add_argument_group("exits (both estimators)")
     e.add_argument("--flops-target", type=float, default=0.5, metavar="PHI",
                    help="expected cost in (0, 1], the full network costing 1; 'curve' and "
                         "'predict' can serve others (default: %(default)s)")
@@ -67,8 +100,14 @@ def add_parser(sub):
     e.add_argument("--calibration", type=_calibration, default=None, metavar="PART",
                    help="rows held out (stratified) to tune the thresholds: a fraction in "
                         "(0, 1) or a count (default: none, tune on the training rows)")
-    e.add_argument("--n-targets", type=int, default=1000, metavar="N",
-                   help="resolution of the swept accuracy-FLOPs curve (default: %(default)s)")
+    e.add_argument("--sweep-resolution", "--n-targets", dest="sweep_resolution", type=int,
+                   default=1000, metavar="N",
+                   help="number of FLOP targets at which the accuracy-FLOPs curve is swept "
+                        "(--n-targets is its deprecated name) (default: %(default)s)")
+    e.add_argument("--stage-costs", type=_stage_costs, default=None, metavar="LIST",
+                   help="per-sample FLOPs of every stage, comma-separated, for stages whose "
+                        "cost the package cannot count (your own scikit-learn steps) "
+                        "(default: counted)")
     e.add_argument("--batch-size", type=int, default=1024, metavar="N",
                    help="rows per forward pass (default: %(default)s)")
     e.add_argument("--device", default="cpu", metavar="DEVICE",
@@ -78,22 +117,57 @@ def add_parser(sub):
                         "%(default)s)")
     e.add_argument("-v", "--verbose", action="count", default=0,
                    help="progress bars and timings (repeat for more)")
+    ic = p.add_argument_group("internal classifiers (--estimator internal)")
+    ic.add_argument("--method", choices=["sdn", "branchynet", "bwds"], default="sdn",
+                    help="the baseline: exit placement and criterion (default: %(default)s)")
+    ic.add_argument("--exit-at", type=_exit_at, default=None, metavar="LIST",
+                    help="where the exits go: stage indices (0,2,4) or fractions of the FLOPs "
+                         "(0.2,0.5) (default: the method's own placement)")
+    ic.add_argument("--epochs", type=int, default=1, metavar="N",
+                    help="passes over the data to train the classifiers; the most with "
+                         "--early-stopping (default: %(default)s)")
+    ic.add_argument("--early-stopping", action="store_true",
+                    help="hold out 10%% of the rows and stop when no classifier improves")
+    ic.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR",
+                    help="Adam step size (default: %(default)s)")
+    ic.add_argument("--combine", choices=["consult", "and", "or"], default=None,
+                    help="also consult E2CM at every exit: 'consult' exits only when E2CM's "
+                         "class equals the classifier's (the paper's rule) (default: no)")
     return p
+
+
+def _estimator(args, stages):
+    common = dict(
+        stages=stages, flops_target=args.flops_target, metric=args.metric,
+        pooling=_pooling(args.pooling), calibration=args.calibration,
+        sweep_resolution=args.sweep_resolution, stage_costs=args.stage_costs,
+        batch_size=args.batch_size, device=args.device,
+        random_state=args.random_state, verbose=args.verbose)
+    if args.estimator == "internal":
+        from ..internal import InternalClassifierEarlyExit
+
+        return InternalClassifierEarlyExit(
+            method=args.method, exit_at=args.exit_at, epochs=args.epochs,
+            early_stopping=args.early_stopping, learning_rate=args.learning_rate,
+            combine=args.combine, **common)
+    defaults = {"method": "sdn", "exit_at": None, "epochs": 1, "early_stopping": False,
+                "learning_rate": 1e-3, "combine": None}
+    given = [f"--{k.replace('_', '-')}" for k, v in defaults.items() if getattr(args, k) != v]
+    if given:
+        raise CLIError(f"{', '.join(given)} only apply to --estimator internal.")
+    from ..early_exit import EarlyExitClassMeans
+
+    return EarlyExitClassMeans(**common)
 
 
 def run(args):
     """Run ``fit`` with parsed arguments."""
-    from ..early_exit import EarlyExitClassMeans
     from ..persistence import save_exits
 
     X, y = load_data(args, need_y=True)
-    stages = load_network(args.network)
+    stages = load_network(args.network, trust=args.trust)
     check_steps_fitted(stages, args.network)
-    est = EarlyExitClassMeans(
-        stages=stages, flops_target=args.flops_target, metric=args.metric,
-        pooling=_pooling(args.pooling), calibration=args.calibration, n_targets=args.n_targets,
-        batch_size=args.batch_size, device=args.device, random_state=args.random_state,
-        verbose=args.verbose)
+    est = _estimator(args, stages)
     t0 = time.perf_counter()
     with user_errors(f"cannot fit the exits on {args.X} with {network_label(args.network)}"):
         est.fit(X, y)

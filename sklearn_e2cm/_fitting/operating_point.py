@@ -38,7 +38,7 @@ class OperatingPointSpec:
         ``"hull"``: the hull of the coordinate-ascent path; ``"bisect-hull"``:
         the hull of the paper's bisection at every target of the grid;
         ``"bisect"``: the paper's search at the one target.
-    n_targets : int
+    sweep_resolution : int
         Size of the swept target grid of the hull searches.
     sweep_seed : int
         Seed of the bisection's random starts.
@@ -53,7 +53,7 @@ class OperatingPointSpec:
     flops_target: object = None
     thresholds: object = None
     threshold_search: str = "hull"
-    n_targets: int = 1000
+    sweep_resolution: int = 1000
     sweep_seed: int = 0
     verbose: int = 0
     score_name: str = "accuracy"
@@ -114,7 +114,7 @@ def _single_target(table, spec):
 def swept_points(table, spec):
     """The threshold vectors a hull operating point is chosen from.
 
-    ``spec.n_targets`` FLOP targets swept on ``table`` with the search
+    ``spec.sweep_resolution`` FLOP targets swept on ``table`` with the search
     ``spec.threshold_search`` names (the coordinate-ascent path for
     ``"hull"``, the paper's bisection otherwise), plus the two extreme
     vectors (:func:`~sklearn_e2cm._thresholds.sweep_with_extremes`).
@@ -129,7 +129,7 @@ def swept_points(table, spec):
     targets, thresholds, costs, scores : ndarray
         As :func:`~sklearn_e2cm._thresholds.sweep_with_extremes` returns them.
     """
-    targets = np.linspace(0, 1, spec.n_targets + 1)[1:]
+    targets = np.linspace(0, 1, spec.sweep_resolution + 1)[1:]
     method = "coordinate" if spec.threshold_search == "hull" else "bisect"
     bar = partial(progress, verbose=spec.verbose, desc="E2CM threshold sweep",
                   total=len(targets) if method == "bisect" else None)

@@ -20,7 +20,7 @@ from sklearn.base import (
     TransformerMixin,
 )
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._backend import import_torch, to_numpy
@@ -94,10 +94,21 @@ n_init, random_state, device, verbose
         ``"hull"``: trace the trade-off by coordinate ascent, keep the upper
         concave hull of (cost, agreement) on the training data and serve
         ``flops_target`` by time sharing. ``"bisect-hull"``: the same hull
-        over the paper's search at ``n_targets`` FLOP targets. ``"bisect"``:
+        over the paper's search at ``sweep_resolution`` FLOP targets. ``"bisect"``:
         the paper's search for the single target.
-    n_targets : int, default=1000
-        Size of the FLOP-target grid of the sweep.
+    sweep_resolution : int, default=1000
+        Number of evenly spaced FLOP targets (``1/n, 2/n, ..., 1``) at which
+        the sweep keeps its best threshold vector; the hull is built on them.
+        Not a target itself: ``flops_target`` is the one served.
+    non_finite : {"raise", "continue"}, default="raise"
+        At prediction, a NaN or infinite stage vector or exit score:
+        ``"raise"`` a ``ValueError`` naming the stage; ``"continue"``: the row
+        may not exit where its score is not finite and goes on towards the
+        base model's classifier (one warning per call with the count); the
+        last stage's outputs must be finite either way. Fitting always raises.
+    n_targets : int
+        Deprecated name of ``sweep_resolution`` (renamed in 0.2.0, removed
+        in 0.4.0).
     normalize : bool, default=True
         Divide the distances to an exit's centres by their mean over the
         training data (eq. 4) before the softmax.
@@ -210,7 +221,7 @@ n_init, random_state, device, verbose
     >>> X, y = make_blobs(n_samples=300, centers=3, n_features=8, random_state=0)
     >>> ee = DECEarlyExit(n_clusters=3, hidden=(16, 16, 32), embedding_dim=3,
     ...                   pretrain_epochs=5, max_iter=50, n_init=3, flops_target=0.5,
-    ...                   n_targets=100, random_state=0).fit(X)
+    ...                   sweep_resolution=100, random_state=0).fit(X)
     >>> ee.n_stages_, ee.exit_depths_
     (3, [1, 2])
     >>> r = ee.route(X)  # easy blobs: the first exit already agrees with the large DEC
@@ -230,7 +241,10 @@ n_init, random_state, device, verbose
         "flops_target": [Interval(numbers.Real, 0, 1, closed="right"), None],
         "thresholds": ["array-like", None],
         "threshold_search": [StrOptions({"hull", "bisect-hull", "bisect"})],
-        "n_targets": [Interval(numbers.Integral, 2, None, closed="left")],
+        "sweep_resolution": [Interval(numbers.Integral, 2, None, closed="left")],
+        "non_finite": [StrOptions({"raise", "continue"})],
+        "n_targets": [Interval(numbers.Integral, 2, None, closed="left"),
+                      Hidden(StrOptions({"deprecated"}))],
         "normalize": ["boolean"],
     }
 
@@ -244,7 +258,7 @@ n_init, random_state, device, verbose
         flops_target=None,
         thresholds=None,
         threshold_search="hull",
-        n_targets=1000,
+        sweep_resolution=1000,
         normalize=True,
         pretrain_epochs=200,
         pretrain_lr=1e-3,
@@ -260,6 +274,8 @@ n_init, random_state, device, verbose
         random_state=None,
         device="cpu",
         verbose=False,
+        non_finite="raise",
+        n_targets="deprecated",
     ):
         self.n_clusters = n_clusters
         self.hidden = hidden
@@ -268,6 +284,8 @@ n_init, random_state, device, verbose
         self.flops_target = flops_target
         self.thresholds = thresholds
         self.threshold_search = threshold_search
+        self.sweep_resolution = sweep_resolution
+        self.non_finite = non_finite
         self.n_targets = n_targets
         self.normalize = normalize
         self.pretrain_epochs = pretrain_epochs
