@@ -152,7 +152,7 @@ class FlopBudgetSearchCV(MetaEstimatorMixin, BaseEstimator):
         :class:`~sklearn.frozen.FrozenEstimator`), since a row's stage
         outputs then do not depend on the fold. ``"auto"``: share when the
         stages are frozen, every training fold holds every class and the
-        vectors fit in the estimator's ``cache_size`` (otherwise one pass
+        vectors fit in the estimator's ``cache_size`` bytes (otherwise one pass
         per fold, with a note in :attr:`share_reason_`). ``True``: share or
         raise. ``False``: never. Results agree with unshared folds up to
         floating-point rounding of batched products.
