@@ -295,7 +295,23 @@ class EarlyExitBase:
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: never alter the live estimator
         state.pop("_tuning_table", None)  # per-sample tuning arrays: not needed to predict
+        if state.get("tradeoff_") is not None:  # plain columns: skops.io cannot store pandas
+            frame = state["tradeoff_"]
+            state["tradeoff_"] = {"columns": [str(c) for c in frame.columns], "values": [
+                list(frame[c]) if frame[c].dtype == object else frame[c].to_numpy()
+                for c in frame.columns]}
         return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        if isinstance(state.get("tradeoff_"), dict):  # written by __getstate__ above
+            import pandas as pd
+
+            t = state["tradeoff_"]
+            state["tradeoff_"] = pd.DataFrame(
+                {c: pd.Series(v, dtype=object) if isinstance(v, list) else v
+                 for c, v in zip(t["columns"], t["values"])}, columns=list(t["columns"]))
+        super().__setstate__(state)
 
     def _update_memory_overhead(self):
         """Bytes held for the exits: every exit head's arrays as stored, and the thresholds.

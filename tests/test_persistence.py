@@ -155,8 +155,8 @@ def test_round_trip_sklearn_stages(digits, metric, labels, tmp_path):
     # fitted scikit-learn steps whose final classifier knows the relabelled classes
     steps = _fitted_steps(X, ys)
     # a target between two hull vertices: time sharing serves it with two threshold vectors
-    est = EarlyExitClassMeans(stages=steps, metric=metric, flops_target=1.0, n_targets=100,
-                              random_state=0).fit(X, ys)
+    est = EarlyExitClassMeans(stages=steps, metric=metric, flops_target=1.0,
+                              sweep_resolution=100, random_state=0).fit(X, ys)
     _time_share(est)
     path = save_exits(est, tmp_path / "exits.npz")
     loaded = load_exits(path, steps)
@@ -187,7 +187,7 @@ def test_round_trip_no_stages_weights_dataframe(digits, tmp_path):
 
 def test_without_tuning_arrays_predicts_but_cannot_move(digits, steps, tmp_path):
     X, y = digits
-    est = EarlyExitClassMeans(stages=steps, flops_target=0.8, n_targets=100,
+    est = EarlyExitClassMeans(stages=steps, flops_target=0.8, sweep_resolution=100,
                               random_state=0).fit(X, y)
     small = save_exits(est, tmp_path / "small.npz", include_tuning=False)
     full = save_exits(est, tmp_path / "full.npz")
@@ -201,7 +201,7 @@ def test_without_tuning_arrays_predicts_but_cannot_move(digits, steps, tmp_path)
 
 def test_file_is_plain_json_and_arrays(digits, steps, tmp_path):
     X, y = digits
-    est = EarlyExitClassMeans(stages=steps, flops_target=0.8, n_targets=50,
+    est = EarlyExitClassMeans(stages=steps, flops_target=0.8, sweep_resolution=50,
                               random_state=0).fit(X, y)
     path = save_exits(est, tmp_path / "e.npz")
     with zipfile.ZipFile(path) as zf:
@@ -209,7 +209,8 @@ def test_file_is_plain_json_and_arrays(digits, steps, tmp_path):
         meta = json.loads(zf.read("metadata.json"))
     assert all(n == "metadata.json" or n.endswith(".npy") for n in names)
     assert meta["format"] == "sklearn-e2cm-exits"
-    assert meta["format_version"] == FORMAT_VERSION
+    # exits on stages the user passes back keep the version-1 layout (older releases read them)
+    assert meta["format_version"] == 1 < FORMAT_VERSION
     assert meta["package_version"]
     with np.load(path, allow_pickle=False) as npz:  # every array loads without pickle
         for key in npz.files:
@@ -244,7 +245,7 @@ def _npy(arr, allow_pickle=False):
 @pytest.fixture(scope="module")
 def saved(digits, steps, tmp_path_factory):
     X, y = digits
-    est = EarlyExitClassMeans(stages=steps, flops_target=0.8, n_targets=50,
+    est = EarlyExitClassMeans(stages=steps, flops_target=0.8, sweep_resolution=50,
                               random_state=0).fit(X, y)
     return est, save_exits(est, tmp_path_factory.mktemp("saved") / "e.npz")
 
@@ -273,7 +274,7 @@ def _version(v):
 
 @pytest.mark.parametrize("case, make, match", [
     ("newer version", lambda p, o: _rewrite(p, o, _version(FORMAT_VERSION + 1)),
-     r"format version 2 .* reads versions up to 1"),
+     rf"format version {FORMAT_VERSION + 1} .* reads versions up to {FORMAT_VERSION}\."),
     ("bad version", lambda p, o: _rewrite(p, o, _version("1")), "invalid format version"),
     ("other format", lambda p, o: _rewrite(p, o, lambda m: m.update(format="x")),
      "not a saved-exits file"),
@@ -386,7 +387,7 @@ def test_round_trip_internal_classifiers(digits, kw, tmp_path):
     X, y = digits
     X, y = X[:600], y[:600]
     steps = _fitted_steps(X, y)
-    ic = InternalClassifierEarlyExit(steps, epochs=1, n_targets=50, exit_at=[0, 1],
+    ic = InternalClassifierEarlyExit(steps, epochs=1, sweep_resolution=50, exit_at=[0, 1],
                                      flops_target=1.0, random_state=0, **kw).fit(X, y)
     _time_share(ic, required="combine" not in kw)
     loaded = load_exits(save_exits(ic, tmp_path / "ic.npz"), steps)
@@ -398,17 +399,39 @@ def test_round_trip_internal_classifiers(digits, kw, tmp_path):
     _assert_same_predictions(ic, loaded, X)
 
 
-@needs_torch
-@pytest.mark.slow
-def test_dec_early_exit_is_refused_clearly(tmp_path):
-    from sklearn_e2cm import DECEarlyExit
+def test_renamed_parameter_keeps_its_stored_name(digits, saved, steps, tmp_path):
+    """sweep_resolution is stored as n_targets, the name version-1 files use, without warnings."""
+    import warnings
 
-    X, _ = load_digits(return_X_y=True)
-    dec = DECEarlyExit(n_clusters=3, hidden=(16, 16, 32), embedding_dim=4, pretrain_epochs=1,
-                       max_iter=2, random_state=0).fit(X[:150] / 16.0)
-    with pytest.raises(NotImplementedError, match="does not support DECEarlyExit"):
-        save_exits(dec, tmp_path / "e.npz")
-    assert not os.listdir(tmp_path)
+    X, y = digits
+    _, path = saved
+    with zipfile.ZipFile(path) as zf:
+        params = json.loads(zf.read("metadata.json"))["params"]
+    assert params["n_targets"] == 50 and "sweep_resolution" not in params
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        loaded = load_exits(path, steps)
+        loaded.set_operating_point(flops_target=0.7)
+    assert loaded.get_params()["sweep_resolution"] == 50
+    assert loaded.get_params()["n_targets"] == "deprecated"
+    # an estimator given the deprecated name: its value is stored, and loaded under the new one
+    with pytest.warns(FutureWarning, match="renamed 'sweep_resolution'"):
+        old = EarlyExitClassMeans(stages=steps, flops_target=0.8, n_targets=30,
+                                  random_state=0).fit(X, y)
+    again = load_exits(save_exits(old, tmp_path / "old.npz"), steps)
+    assert again.get_params()["sweep_resolution"] == 30
+    _assert_same_predictions(old, again, X)
+
+
+def test_networks_refused_in_version_1_files(saved, steps, tmp_path):
+    _, path = saved
+
+    def add_network(meta):
+        meta["attributes"].append(["extra_", {"__mlp__": {"dims": [2, 2]}}])
+
+    bad = _rewrite(path, tmp_path / "v1net.npz", add_network)
+    with pytest.raises(ValueError, match="a network in a format-version 1 file"):
+        load_exits(bad, steps)
 
 
 def test_write_is_atomic(saved, monkeypatch, tmp_path):
@@ -464,7 +487,7 @@ def test_round_trip_torch_module_defined_here(images, metric, pooling, tmp_path)
     net = _make_net(0)
     net[0].bn.running_mean.add_(0.1)  # buffers are part of the weights' digest
     est = EarlyExitClassMeans(stages=net, metric=metric, pooling=pooling, final_classifier=False,
-                              flops_target=0.6, n_targets=100, batch_size=100,
+                              flops_target=0.6, sweep_resolution=100, batch_size=100,
                               random_state=0).fit(Xtr, ytr)
     path = save_exits(est, tmp_path / "net.npz")
     # the user rebuilds the network their usual way (here: its class + its state_dict)
@@ -490,8 +513,8 @@ def test_round_trip_tiny_resnet_time_sharing(images, tiny_resnet, tmp_path):
 
     Xtr, ytr, Xte, _ = images
     stages = split_into_stages(tiny_resnet)
-    est = EarlyExitClassMeans(stages=stages, flops_target=0.5, batch_size=128, n_targets=200,
-                              random_state=0).fit(Xtr, ytr)
+    est = EarlyExitClassMeans(stages=stages, flops_target=0.5, batch_size=128,
+                              sweep_resolution=200, random_state=0).fit(Xtr, ytr)
     loaded = load_exits(save_exits(est, tmp_path / "r.npz"), stages)
     _assert_same_fitted_state(est, loaded)
     _assert_same_predictions(est, loaded, Xte)
@@ -508,7 +531,7 @@ def test_torch_mismatches_and_callable_pooling(images, tmp_path):
     def pool(z):
         return z.amax(dim=1) if z.dim() == 4 else z
 
-    est = EarlyExitClassMeans(stages=net, pooling=pool, flops_target=0.6, n_targets=50,
+    est = EarlyExitClassMeans(stages=net, pooling=pool, flops_target=0.6, sweep_resolution=50,
                               final_classifier=False,
                               batch_size=200, random_state=0).fit(Xtr, ytr)
     path = save_exits(est, tmp_path / "p.npz")
@@ -548,7 +571,7 @@ def test_round_trip_internal_classifiers_torch(images, tmp_path):
     net = _make_net(0)
     ic = InternalClassifierEarlyExit(net, method="sdn", exit_at=[0, 1], epochs=1,
                                      pooling="avg2", class_means=True, combine="or",
-                                     final_classifier=False, n_targets=50, batch_size=200,
+                                     final_classifier=False, sweep_resolution=50, batch_size=200,
                                      flops_target=0.7, random_state=0).fit(Xtr, ytr)
     fresh = _make_net(3)
     fresh.load_state_dict(net.state_dict())

@@ -3,8 +3,17 @@
 One ``.npz`` archive (a zip file) holds ``metadata.json`` and one ``.npy``
 member per array. Values are encoded as JSON with a few tags (tuples, dicts,
 non-finite floats, arrays kept aside by name, exit heads, data frames, exit
-tables, class statistics); the reader accepts only those tags and reads
-arrays with ``allow_pickle=False``, so nothing in a file can run code.
+tables, class statistics and, from format version 2, the Linear/ReLU
+networks that DEC trains, as layer sizes and arrays); the reader accepts only
+those tags and reads arrays with ``allow_pickle=False``, so nothing in a file
+can run code.
+
+Versions. ``FORMAT_VERSION`` is the newest layout this package reads and
+writes; a file records the oldest layout that can read it. Version 1 holds
+fitted exits on stages the user passes back (``EarlyExitClassMeans``,
+``InternalClassifierEarlyExit``): such files are unchanged and still say 1,
+so older releases read them. Version 2 adds the networks of ``DEC`` and
+``DECEarlyExit``. A reader refuses files of a newer version than its own.
 """
 
 import io
@@ -22,6 +31,7 @@ from .._fitting.class_statistics import ClassStatistics
 from .._thresholds import ExitTable
 from ..exits.class_means import ExitHead
 from ..exits.internal_classifier import InternalClassifierHead
+from ._dec import is_torch_module, mlp_state, rebuilt_mlp
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -30,8 +40,13 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION"]
 FORMAT_NAME = "sklearn-e2cm-exits"
 
 
-#: Version of the file layout this package writes; files of a newer version are refused.
-FORMAT_VERSION = 1
+#: Newest file layout this package reads and writes; files of a newer version are refused.
+#: A file records the oldest version that reads it (1 unless it holds networks: 2).
+FORMAT_VERSION = 2
+
+
+#: The first format version that stores trained networks (DEC, DECEarlyExit).
+NETWORKS_VERSION = 2
 
 
 _META = "metadata.json"
@@ -110,10 +125,16 @@ def _labels_from_array(arr, restore):
 
 
 class _Writer:
-    """Plain-data form of fitted attributes: JSON values, arrays kept aside by name."""
+    """Plain-data form of fitted attributes: JSON values, arrays kept aside by name.
 
-    def __init__(self):
+    With ``networks=True`` (files of version 2) the Linear/ReLU networks DEC
+    builds are stored as layer sizes and arrays; any other torch module is
+    refused.
+    """
+
+    def __init__(self, networks=False):
         self.arrays = {}
+        self.networks = networks
 
     def array(self, arr, name):
         arr = np.asarray(arr)
@@ -167,6 +188,18 @@ class _Writer:
                 "weights": self.value(v.weights, f"{name}.weights"),
                 "pred_labels": self.value(v.pred_labels, f"{name}.pred_labels"),
                 "classes": self.value(v.classes, f"{name}.classes")}}
+        if is_torch_module(v):
+            state = mlp_state(v) if self.networks else None
+            if state is None:
+                raise _Unstorable(f"torch module {type(v).__name__} (only the Linear/ReLU "
+                                  "networks DEC trains are stored)")
+            return {"__mlp__": {
+                "dims": state["dims"],
+                "weights": [self.array(W, f"{name}.weight{i}")
+                            for i, W in enumerate(state["weights"])],
+                "biases": [self.array(b, f"{name}.bias{i}") for i, b in enumerate(state["biases"])],
+                "requires_grad": state["requires_grad"],
+                "training": state["training"]}}
         if isinstance(v, ClassStatistics):
             stages = []
             for j, acc in enumerate(v.stages):
@@ -254,6 +287,12 @@ class _Reader:
             self.close()
             raise
 
+    @property
+    def version(self):
+        """The file's format version (checked by the loader before any value is read)."""
+        v = self.meta.get("format_version") if isinstance(self.meta, dict) else None
+        return v if isinstance(v, int) and not isinstance(v, bool) else 1
+
     def close(self):
         self._npz.close()
 
@@ -332,6 +371,14 @@ class _Reader:
                     raise ValueError(f"{self.path}: tuning weights have shape {weights.shape}.")
                 table.weights = weights
             return table
+        if keys == {"__mlp__"}:
+            if self.version < NETWORKS_VERSION:
+                raise ValueError(f"{self.path}: a network in a format-version {self.version} "
+                                 f"file (networks are stored from version {NETWORKS_VERSION}).")
+            st = v["__mlp__"]
+            if not isinstance(st, dict):
+                raise ValueError(f"{self.path}: malformed network description.")
+            return rebuilt_mlp({k: self.value(x) for k, x in st.items()}, self.path)
         if keys == {"__statistics__"}:
             st = v["__statistics__"]
             labels = self.value(st["labels"])
