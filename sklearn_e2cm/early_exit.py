@@ -57,7 +57,9 @@ class EarlyExitClassMeans(ClassifierMixin, IncrementalFitMixin, EarlyExitBase, B
     ----------
     stages : None, list, Pipeline or torch module, default=None
         The staged model. ``None``: the input itself is the only stage (E²CM is
-        then a nearest-centroid classifier with calibrated probabilities). A
+        then a nearest class-mean classifier with calibrated probabilities:
+        the smallest eq. 4-normalised distance, which is
+        :class:`~sklearn.neighbors.NearestCentroid` with ``normalize=False``). A
         list of scikit-learn transformers, optionally ending in a classifier,
         or a :class:`~sklearn.pipeline.Pipeline` (unfitted steps are fitted
         in sequence on the training data, fitted ones are used as they are).

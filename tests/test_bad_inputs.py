@@ -178,6 +178,11 @@ CASES = [
     ("stages empty", lambda: ecm(stages=[]).fit(X, Y), ValueError, "stages is empty"),
     ("stages not transformer", lambda: ecm(stages=[LogisticRegression(), PCA(2)]).fit(X, Y),
      TypeError, "has no transform"),
+    ("stages last object", lambda: ecm(stages=[PCA(2), object()]).fit(X, Y), TypeError,
+     r"Stage 1 \('1:object', object\), the last stage, is neither a transformer nor a "
+     r"classifier. A stage must be a scikit-learn transformer \(fit and transform"),
+    ("stages first object", lambda: ecm(stages=[object(), PCA(2)]).fit(X, Y), TypeError,
+     r"Stage 0 \('0:object', object\) has no transform\(\).*A stage must be"),
     ("clf classes mismatch", lambda: ecm(stages=STEPS).fit(X, Y + 100), ValueError,
      "predicts classes"),
     ("stage drops rows", lambda: ecmc([FunctionTransformer(_first_row_only).fit(X)])
@@ -187,6 +192,14 @@ CASES = [
      .fit(X, Y), ValueError, r"(?i)stage 1 \(1:_explode\) returned 5 rows for a batch of 400"),
     ("stage NaN at fit", lambda: ecmc([STEPS[0], _Explode(level=0.5)]).fit(X, Y),
      ValueError, r"stage vector of stage 1 \(1:_Explode\) contains NaN"),
+    ("stage NaN before unfitted step",
+     lambda: ecm(stages=[_Explode(level=0.5), PCA(2), LogisticRegression()]).fit(X, Y),
+     ValueError, r"output of stage 0 \(0:_Explode\) contains NaN or infinity on finite input, "
+     r"and stage 1 \(1:PCA\) would be fitted on it"),
+    ("stage NaN mid before unfitted step",
+     lambda: ecm(stages=[STEPS[0], _Explode(level=0.5), PCA(2), LogisticRegression()])
+     .fit(X, Y), ValueError, r"output of stage 1 \(1:_Explode\) contains NaN.*stage 2 "
+     r"\(2:PCA\) would be fitted on it"),
     # -- predict-time input
     ("predict unfitted", lambda: ecm().predict(X), NotFittedError, "not fitted"),
     ("route unfitted", lambda: ecm().route(X), NotFittedError, "not fitted"),
@@ -587,6 +600,17 @@ TORCH_CASES = [
      .fit(_loader(with_labels=False)), ValueError, r"must carry labels: \(x, y\)"),
     ("torch loader and y", lambda: _torch_ecm(nn.Sequential(_conv(), nn.Flatten()))
      .fit(_loader(), _images()[1]), ValueError, "y must be None when X is a DataLoader"),
+    ("torch loader (y, x) batches", lambda: _torch_ecm(nn.Sequential(_conv(), nn.Flatten()))
+     .fit(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
+         torch.from_numpy(_images()[1]), torch.from_numpy(_images()[0])), batch_size=50)),
+     ValueError, r"batches must be \(inputs, labels\) pairs .*element 0: shape \(50,\), "
+     r"dtype torch.int64; element 1: shape \(50, 1, 8, 8\), dtype torch.float32\); the "
+     r"labels seem to come first"),
+    ("torch predict loader (y, x) batches",
+     lambda: _torch_ecm(nn.Sequential(_conv(), nn.Flatten())).fit(*_images())
+     .predict(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
+         torch.from_numpy(_images()[1]), torch.from_numpy(_images()[0])), batch_size=50)),
+     ValueError, r"batches must be \(inputs, labels\) pairs .*labels seem to come first"),
     ("torch pooling bad string", lambda: _torch_ecm(nn.Sequential(_conv(), nn.Flatten()),
                                                     pooling="bogus").fit(*_images()),
      ValueError, "Invalid pooling spec 'bogus'"),

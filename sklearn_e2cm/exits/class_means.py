@@ -32,7 +32,10 @@ def squared_distances(F, means, means_sqnorm=None):
     """Squared Euclidean distances between rows of ``F`` and rows of ``means``.
 
     Computed as ``||x||² - 2 x·cᵀ + ||c||²`` with one matrix product and
-    clipped at 0 (rounding can make it slightly negative).
+    clipped at 0 (rounding can make it slightly negative). The rounding error
+    is relative to ``||x||² + ||c||²``, not to the distance: for rows and
+    means that share a large offset, subtract a point near them from both
+    first (:class:`ExitHead` does).
 
     Parameters
     ----------
@@ -73,7 +76,7 @@ def squared_distances(F, means, means_sqnorm=None):
     return np.maximum(d2, 0.0, out=d2)
 
 
-def head_flops(n_features, n_classes, metric="euclidean", normalize=True):
+def head_flops(n_features, n_classes, metric="euclidean", normalize=True, centred=False):
     """Per-sample FLOPs of one exit head (multiply-add counted as 2).
 
     Euclidean: ``||x||²`` (2D), ``x·Cᵀ`` (2KD), combining the three terms
@@ -83,16 +86,20 @@ def head_flops(n_features, n_classes, metric="euclidean", normalize=True):
 
     Mahalanobis: ``x·Wᵀ + b`` (2KD + K), softmax (5K), decision (K + 1).
 
+    A head whose class means lie far from the origin compared with their
+    spread subtracts a centre from every row first (``centred``: D more).
+
     Examples
     --------
     >>> head_flops(100, 10)  # D=100, K=10
     2321
     """
     D, K = int(n_features), int(n_classes)
+    c = D if centred else 0
     if metric == "euclidean":
-        return 2 * D + 2 * K * D + 3 * K + K + K + (K if normalize else 0) + 5 * K + K + 1
+        return 2 * D + 2 * K * D + 3 * K + K + K + (K if normalize else 0) + 5 * K + K + 1 + c
     if metric == "mahalanobis":
-        return 2 * K * D + K + 5 * K + K + 1
+        return 2 * K * D + K + 5 * K + K + 1 + c
     raise ValueError(f"metric must be 'euclidean' or 'mahalanobis'; got {metric!r}.")
 
 
@@ -164,6 +171,10 @@ def whitened_head(means, cov, shrinkage="oas", n_samples=None):
     ``-½ xᵀ Σ⁻¹ x`` term is the same for every class and cancels in the
     softmax.
 
+    When the covariance is no larger than the rounding of the statistics
+    (every class's samples equal its mean), there is no within-class metric
+    to learn: the identity is used (nearest class mean) and the amount is 1.
+
     Returns
     -------
     head : ExitHead
@@ -181,9 +192,12 @@ def whitened_head(means, cov, shrinkage="oas", n_samples=None):
     else:
         a = float(shrinkage)
     mu = np.trace(cov) / D
+    C = np.asarray(means, dtype=np.float64)
+    spread = float(((C - C.mean(axis=0)) ** 2).sum(axis=1).max()) if C.size else 0.0
+    if not mu > _SCATTER_FLOOR * spread:  # no within-class scatter (or only rounding)
+        cov, mu, a = np.zeros_like(cov), 1.0, 1.0
     shrunk = (1.0 - a) * cov
     shrunk.flat[:: D + 1] += a * mu
-    C = np.asarray(means, dtype=np.float64)
     try:
         W = linalg.solve(shrunk, C.T, assume_a="pos", check_finite=False).T
         if not np.all(np.isfinite(W)):
@@ -194,6 +208,37 @@ def whitened_head(means, cov, shrinkage="oas", n_samples=None):
         W = linalg.lstsq(shrunk, C.T, check_finite=False)[0].T
     b = -0.5 * np.einsum("kd,kd->k", C, W)
     return ExitHead(C, metric="mahalanobis", coef=W, intercept=b), a
+
+
+#: A head centres its arithmetic on one of its class means when their mean lies
+#: farther than ``sqrt(_CENTRE_RATIO)`` (256) times their spread from the origin:
+#: the expansion's rounding is then relative to the spread, not to the offset.
+#: Below, the uncentred rounding stays under ``2 eps 2^16`` of the squared spread
+#: (3e-11 in float64, 1.6 % in float32).
+_CENTRE_RATIO = 2.0**16
+
+#: A pooled covariance whose mean eigenvalue is below this fraction of the class
+#: means' squared spread is rounding of the statistics, not scatter.
+_SCATTER_FLOOR = 2.0**10 * np.finfo(np.float64).eps
+
+
+def _offset_centre(means):
+    """Index of the class mean to centre on, or None when the means are not offset.
+
+    The means are offset when the mean of the means is farther from the origin
+    than 256 times their largest distance to it (equal means: whenever they
+    are not the origin). The centre is the class mean nearest to the mean of
+    the means: a stored value, so rows equal to a class mean stay equal to it
+    once centred.
+    """
+    C = np.asarray(means, dtype=np.float64)
+    if C.size == 0:
+        return None
+    m = C.mean(axis=0)
+    dist = ((C - m) ** 2).sum(axis=1)
+    if not float(m @ m) > _CENTRE_RATIO * float(dist.max()):
+        return None
+    return int(np.argmin(dist))
 
 
 def _stored(a, dtype):
@@ -215,6 +260,12 @@ class ExitHead:
     numpy arrays in place). A batch in another dtype gets a temporary
     conversion; a tensor on another device (a GPU) one copy per device, kept
     and counted by :meth:`nbytes`.
+
+    When the class means share an offset that is large compared with their
+    spread (:attr:`centred`), every row is centred on one of the class means
+    before the expansion, so that the distances and scores keep their
+    precision whatever the offset; the centred arrays are derived from the
+    stored ones on first use (they are neither pickled nor saved).
 
     Parameters
     ----------
@@ -291,10 +342,61 @@ class ExitHead:
         return ExitHead(self.means, self.scale, self.metric, self.coef, self.intercept,
                         dtype=dtype)
 
-    def _stored(self):
+    @property
+    def centred(self):
+        """Whether rows are centred on one of the class means before the arithmetic.
+
+        True when the mean of the class means is farther from the origin than
+        256 times their largest distance to it: the rounding of ``||x||² -
+        2 x·cᵀ + ||c||²`` (and of ``x·Wᵀ + b``) would then grow with the offset
+        the rows and the means share instead of with their spread.
+        """
+        return bool(self._centring())
+
+    def _centring(self):
+        """Host arrays of the centred arithmetic, ``()`` when the head does not centre.
+
+        Derived from the stored arrays on first use and kept in the cache:
+        Euclidean ``(e, C - e, ||C - e||²)``, whitened ``(e, b')`` with
+        ``b'_k = -½ (c_k - e)ᵀ Σ⁻¹ (c_k - e)``, where ``e`` is the class mean
+        chosen by :func:`_offset_centre`. The whitened scores ``(x - e)·Wᵀ + b'``
+        differ from ``x·Wᵀ + b`` by a constant per row, which the softmax
+        ignores.
+        """
+        extra = self._cache.get("centring")
+        if extra is None:
+            extra = self._cache["centring"] = self._centred_arrays()
+        return extra
+
+    def _centred_arrays(self):
+        k0 = _offset_centre(self.means)
+        if k0 is None:
+            return ()
+        centre = self.means[k0].copy()
         if self.metric == "mahalanobis":
-            return (self.coef, self.intercept)
+            C = self.means.astype(np.float64) - centre.astype(np.float64)
+            W = self.coef.astype(np.float64)
+            b = -0.5 * np.einsum("kd,kd->k", C, W - W[k0])  # W_k - W_k0 = Σ⁻¹ (c_k - e)
+            return (centre, _stored(b, self.dtype))
+        Cc = np.ascontiguousarray(self.means - centre)  # in the stored dtype, as rows are
+        C64 = Cc.astype(np.float64)
+        return (centre, Cc, _stored(np.einsum("kd,kd->k", C64, C64), self.dtype))
+
+    def _stored(self):
+        """The arrays inference reads (the centred ones when :attr:`centred`)."""
+        extra = self._centring()
+        if self.metric == "mahalanobis":
+            return (self.coef, extra[1] if extra else self.intercept)
+        if extra:
+            return (extra[1], extra[2], self._inv)
         return (self.means, self._sqnorm, self._inv)
+
+    def _centred_rows(self, F):
+        """``F`` minus the centre of a :attr:`centred` head (``F`` itself otherwise)."""
+        extra = self._centring()
+        if not extra:
+            return F
+        return F - self._converted(F, "centre", extra[:1])[0]
 
     def _params(self, like):
         """The head's inference arrays in the array type, dtype and device of ``like``.
@@ -303,10 +405,14 @@ class ExitHead:
         views for a CPU tensor of that dtype; one kept copy per other device;
         a temporary conversion otherwise.
         """
-        stored = self._stored()
+        return self._converted(like, None, self._stored())
+
+    def _converted(self, like, name, stored):
+        """``stored`` arrays in the array type, dtype and device of ``like`` (see :meth:`_params`);
+        copies on another device are kept under ``name``."""
         if is_torch(like):
             if like.device.type != "cpu":
-                key = (str(like.dtype), str(like.device))
+                key = (str(like.dtype), str(like.device)) + (() if name is None else (name,))
                 if key not in self._cache:
                     self._cache[key] = tuple(None if a is None else as_backend(a, like)
                                              for a in stored)
@@ -337,7 +443,7 @@ class ExitHead:
             dtype and device.
         """
         means, sqn, _ = self._params(F)
-        d2 = squared_distances(F, means, sqn)
+        d2 = squared_distances(self._centred_rows(F), means, sqn)
         return d2.sqrt_() if is_torch(d2) else np.sqrt(d2, out=d2)
 
     def scores(self, F):
@@ -351,11 +457,13 @@ class ExitHead:
         Returns
         -------
         S : array of shape (n, K)
-            In ``F``'s array type, dtype and device.
+            In ``F``'s array type, dtype and device. The whitened scores of a
+            :attr:`centred` head are ``(x - e)·Wᵀ + b'`` (the same up to a
+            constant per row).
         """
         if self.metric == "mahalanobis":
             W, b = self._params(F)
-            return F @ W.T + b[None, :]
+            return self._centred_rows(F) @ W.T + b[None, :]
         return self.scores_from_distances(self.distances(F))
 
     def scores_from_distances(self, d):
@@ -428,7 +536,8 @@ class ExitHead:
         flops : number
             See :func:`head_flops`.
         """
-        return head_flops(self.n_features, self.n_classes, self.metric, self.scale is not None)
+        return head_flops(self.n_features, self.n_classes, self.metric, self.scale is not None,
+                          self.centred)
 
     def nbytes(self, itemsize=None):
         """Bytes the head holds (``itemsize=None``), or would hold with ``itemsize``-byte floats.
@@ -438,9 +547,11 @@ class ExitHead:
         itemsize : int or None, default=None
             ``None``: the bytes of every array the head holds now, as stored
             (means, norms, scales and inverse scales, or means, whitened
-            weights and intercepts), plus its copies on other devices.
+            weights and intercepts), the centred arrays of a :attr:`centred`
+            head, and its copies on other devices.
             An int: the size of what inference needs (means or weights,
-            norms or intercepts, inverse scales) at that many bytes per float.
+            norms or intercepts, inverse scales, and the centre of a
+            :attr:`centred` head) at that many bytes per float.
 
         Returns
         -------
@@ -448,9 +559,11 @@ class ExitHead:
         """
         K, D = self.means.shape
         if itemsize is not None:
+            c = D if self.centred else 0
             if self.metric == "mahalanobis":
-                return (K * D + K) * itemsize
-            return (K * D + K + (K if self.scale is not None else 0)) * itemsize
+                return (K * D + K + c) * itemsize
+            return (K * D + K + (K if self.scale is not None else 0) + c) * itemsize
+        self._centring()  # counted whether or not a batch was served yet
         held = [self.means, self.scale, self.coef, self.intercept, self._sqnorm, self._inv]
         for copies in self._cache.values():
             held.extend(copies)
@@ -460,6 +573,9 @@ class ExitHead:
     def nbytes_for(n_classes, n_features, dtype=np.float32, metric="euclidean",
                    normalize=True):
         """Bytes a head of this size holds on the host (:meth:`nbytes`), without building it.
+
+        For a head that is not :attr:`centred` (class means not far from the
+        origin compared with their spread).
 
         Parameters
         ----------

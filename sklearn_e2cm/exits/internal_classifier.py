@@ -371,7 +371,7 @@ class InternalClassifierHead:
             f += 2 * 2 * D_in + 2 + 10 + 1
         if self.e2cm is not None and (self.e2cm_input or self.combine):
             f += head_flops(self.e2cm.n_features, K, self.e2cm.metric,
-                            self.e2cm.scale is not None)
+                            self.e2cm.scale is not None, self.e2cm.centred)
         if self.e2cm_input and self.e2cm_mean is not None:
             f += 4 * K
         if self.combine == "consult":

@@ -22,6 +22,23 @@ def _is_fitted(est):
         return False
 
 
+def _is_classifier(est):
+    """``is_classifier`` that answers False for objects scikit-learn cannot tag."""
+    try:
+        return is_classifier(est)
+    except (AttributeError, TypeError):
+        return getattr(est, "_estimator_type", None) == "classifier"
+
+
+#: What a scikit-learn stage may be, for messages.
+_ACCEPTED = (
+    "a scikit-learn transformer (fit and transform; fitted ones are used as they are), "
+    "'passthrough' or None; the last stage may also be a classifier (fit, predict and "
+    "predict_proba or decision_function). stages= takes None, a list of such estimators, a "
+    "Pipeline, or torch modules (an nn.Sequential or a list of nn.Module)"
+)
+
+
 def _trained_by_fit(step):
     """Whether fit trains this step (an estimator that is not fitted yet)."""
     return not (step is None or isinstance(step, str) or _is_fitted(step))
@@ -44,14 +61,15 @@ def normalize_sklearn_stages(stages):
             continue
         if not hasattr(s, "transform"):
             raise TypeError(
-                f"Stage {names[i]!r} ({type(s).__name__}) has no transform(); every stage but "
-                "the last must be a transformer."
+                f"Stage {i} ({names[i]!r}, {type(s).__name__}) has no transform(); every stage "
+                f"but the last must be a transformer. A stage must be {_ACCEPTED}."
             )
     last = steps[-1]
-    if not (last is None or isinstance(last, str) or hasattr(last, "transform") or is_classifier(last)):
+    if not (last is None or isinstance(last, str) or hasattr(last, "transform")
+            or _is_classifier(last)):
         raise TypeError(
-            f"The last stage {names[-1]!r} ({type(last).__name__}) must be a transformer or a "
-            "classifier."
+            f"Stage {len(steps) - 1} ({names[-1]!r}, {type(last).__name__}), the last stage, "
+            f"is neither a transformer nor a classifier. A stage must be {_ACCEPTED}."
         )
     return names, steps
 
@@ -81,7 +99,7 @@ class SklearnStages(StageAdapter):
     @property
     def final_is_classifier(self):
         last = self.steps[-1]
-        return not isinstance(last, str) and last is not None and is_classifier(last)
+        return not isinstance(last, str) and last is not None and _is_classifier(last)
 
     @property
     def frozen(self):
@@ -107,6 +125,12 @@ class SklearnStages(StageAdapter):
         Returns
         -------
         self : SklearnStages
+
+        Raises
+        ------
+        ValueError
+            When a step's output that a later step is fitted on holds NaN or
+            infinity (the message names the step).
         """
         Z = X
         unfitted = [j for j, step in enumerate(self.steps) if _trained_by_fit(step)]
@@ -138,6 +162,14 @@ class SklearnStages(StageAdapter):
                 if j >= last_unfitted:
                     Z = Z[:2]  # no later step is trained: its output width is all we need
                 Z = self._transform(est, Z)
+                if j < last_unfitted and not np.isfinite(Z).all():
+                    k = min(i for i in unfitted if i > j)
+                    raise ValueError(
+                        f"The output of stage {j} ({name}) contains NaN or infinity on finite "
+                        f"input, and stage {k} ({self.names[k]}) would be fitted on it: the "
+                        "step overflows or is not defined on this data. "
+                        "Check the step and the scale of X (every stage must give finite "
+                        "outputs).")
                 widths.append(Z.shape[1])
             else:
                 widths.append(0)

@@ -52,6 +52,24 @@ _DEFAULT_BATCH_SIZE = 256
 
 
 # --------------------------------------------------------------------- helpers
+def _batch_order_message(batch):
+    """The error for a DataLoader batch whose first element is not a batch of inputs."""
+    parts = list(batch) if isinstance(batch, (tuple, list)) else [batch]
+
+    def describe(a):
+        return (f"shape {tuple(getattr(a, 'shape', ()))}, dtype "
+                f"{getattr(a, 'dtype', type(a).__name__)}")
+
+    got = "; ".join(f"element {i}: {describe(a)}" for i, a in enumerate(parts))
+    swapped = len(parts) > 1 and len(getattr(parts[1], "shape", ())) >= 2
+    return (
+        "The DataLoader's batches must be (inputs, labels) pairs (or inputs alone): inputs "
+        "first, of shape (batch_size, ...), then labels of shape (batch_size,). Got a batch "
+        f"of {len(parts)} element{'s' if len(parts) > 1 else ''} ({got})"
+        + ("; the labels seem to come first: yield (x, y), e.g. TensorDataset(X, y)."
+           if swapped else "."))
+
+
 def is_dataloader(X):
     """Whether ``X`` is a torch ``DataLoader`` (or an object that looks like one).
 
@@ -422,15 +440,20 @@ class TorchStages(StageAdapter):
 
     def _split_batch(self, batch):
         if isinstance(batch, torch.Tensor):
-            return batch, None
-        if isinstance(batch, (tuple, list)):
+            x, y = batch, None
+        elif isinstance(batch, (tuple, list)):
             if len(batch) == 0:
                 raise ValueError("The DataLoader yields an empty batch.")
             x = _to_tensor(batch[0])
             y = batch[1] if len(batch) > 1 else None
+        elif isinstance(batch, np.ndarray):
+            x, y = _to_tensor(batch), None
+        else:
+            x = None
+        if x is not None:
+            if x.dim() < 2:  # no per-sample shape: labels first, or not a batch of samples
+                raise ValueError(_batch_order_message(batch))
             return x, y
-        if isinstance(batch, np.ndarray):
-            return _to_tensor(batch), None
         raise TypeError(
             f"The DataLoader yields {type(batch).__name__} batches; expected tensors or "
             "(x, y) / (x,) tuples."
