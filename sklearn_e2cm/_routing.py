@@ -297,6 +297,10 @@ def _stage_label(adapter, j):
     return f"stage {j}" if name is None else f"stage {j} ({name})"
 
 
+class NonFiniteError(ValueError):
+    """A stage output, stage vector or exit score holds NaN or infinity (names the stage)."""
+
+
 class StageChecks:
     """Checks of what the stages and exit heads return on one batch.
 
@@ -377,7 +381,7 @@ class StageChecks:
             self._raise(j, what)
 
     def _raise(self, j, what):
-        raise ValueError(
+        raise NonFiniteError(
             f"{what[:1].upper()}{what[1:]} of {_stage_label(self.adapter, j)} contains NaN or "
             "infinity on finite input: the stage (or its pooling or exit head) overflows or "
             "is not defined on this data. Check the stage and the scale of X (exits need "
@@ -391,10 +395,34 @@ def _route_batch(adapter, heads, thresholds, weights, active, Xb, seed, return_p
     The arrays are on the host; ``n_skipped`` counts the rows refused an exit
     for a non-finite score (``non_finite="continue"``).
     """
+    lenient = non_finite == "continue"
+    try:
+        return _route_batch_checked(adapter, heads, thresholds, weights, active, Xb, seed,
+                                    return_proba, lenient)
+    except NonFiniteError:
+        if not lenient:
+            _locate_non_finite(adapter, heads, active, Xb)
+        raise
+
+
+def _route_batch_checked(adapter, heads, thresholds, weights, active, Xb, seed, return_proba,
+                         lenient):
+    """The routed pass of :func:`_route_batch`, with the cheap finiteness checks.
+
+    Only what every row's decision reads is checked on the way: each exit's
+    confidences (``n`` values; a NaN or infinity in a stage vector reaches
+    them through the distances or the classifier's product) and the last
+    stage's output. The stage outputs of exits that cannot fire and the
+    stage vectors are not read (on a light network that read costs as much
+    as an exit head); when a check fails, :func:`_locate_non_finite` runs the
+    batch again to name the first stage where the values stop being finite.
+    scikit-learn stages are checked at every stage on the way: the next step
+    would otherwise reject the values with its own message.
+    """
     M = adapter.n_stages
     b = _Batch(Xb, adapter.n_rows(Xb), seed, thresholds, weights, return_proba)
     checks = StageChecks(adapter)
-    lenient = non_finite == "continue"
+    every = not is_torch(Xb)
     Z = Xb
     for j in range(M):
         last = j == M - 1
@@ -408,12 +436,12 @@ def _route_batch(adapter, heads, thresholds, weights, active, Xb, seed, return_p
         Z = adapter.run_stage(j, Z)
         checks.rows(j, Z, n)
         if not last and not active[j]:
-            if not lenient:
+            if every and not lenient:
                 checks.finite(j, Z, "the output")
             continue
         F = adapter.stage_vector(j, Z)
         checks.rows(j, F, n, "(after pooling) gave stage vectors of")
-        if last or not lenient:
+        if every and not lenient:
             checks.finite(j, F, "the stage vector")
         P, idx, conf = _decide_in_place(heads[j], F)
         if last or not lenient:
@@ -435,6 +463,33 @@ def _route_batch(adapter, heads, thresholds, weights, active, Xb, seed, return_p
             b.alive = b.alive[stay]
     checks.settle()
     return b.to_host(), checks.n_skipped
+
+
+def _locate_non_finite(adapter, heads, active, Xb):
+    """Run a batch through every stage with every check; raise at the first non-finite value.
+
+    The failure path of :func:`_route_batch`: the stage outputs of exits that
+    cannot fire, then each exit's stage vector and confidences, in stage
+    order, so the error names the stage where NaN or infinity first appears
+    (as the passes of ``fit`` do). Returns without raising only if the
+    values are finite this time (the caller then raises what it found).
+    """
+    M = adapter.n_stages
+    checks = StageChecks(adapter)
+    Z = Xb
+    for j in range(M):
+        if j == M - 1 and adapter.final_is_classifier:
+            checks.finite(j, adapter.final_outputs(Z)[1], "the base model's probabilities")
+            break
+        Z = adapter.run_stage(j, Z)
+        if j < M - 1 and not active[j]:
+            checks.finite(j, Z, "the output")
+        else:
+            F = adapter.stage_vector(j, Z)
+            checks.finite(j, F, "the stage vector")
+            checks.settle()
+            checks.finite(j, _decide_in_place(heads[j], F)[2], "the exit confidence")
+        checks.settle()
 
 
 def _positions(mask):

@@ -319,3 +319,59 @@ def test_non_finite_continue_lets_undefined_rows_go_on(array_input):
     with pytest.raises(ValueError, match="contains NaN or infinity"):
         lenient.predict(np.full((3, 6), np.nan, np.float32) if array_input else
                         torch.full((3, 6), float("nan")))
+
+
+class _NaNAbove(nn.Module):
+    """NaN in the rows whose first input is above 5 (a stage not defined there)."""
+
+    def forward(self, x):
+        return torch.where(x[:, :1] > 5.0, torch.full_like(x, float("nan")), x)
+
+
+@pytest.mark.parametrize("thresholds, where", [
+    ([1.0, 0.6], r"The output of stage 0 \(0\)"),       # the exit after stage 0 cannot fire
+    ([0.6, 0.6], r"The stage vector of stage 0 \(0\)"),
+])
+def test_routing_names_the_first_non_finite_stage(thresholds, where):
+    """The routed pass reads only the exit confidences; a failure is located by a rerun."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((200, 6)).astype(np.float32)
+    y = (X[:, 1] > 0).astype(int)
+    torch.manual_seed(0)
+    net = nn.Sequential(_NaNAbove(), nn.Sequential(nn.Linear(6, 8), nn.ReLU()), nn.Linear(8, 2))
+    est = EarlyExitClassMeans(stages=net, thresholds=thresholds, stage_costs=[6.0, 100.0, 16.0],
+                              random_state=0).fit(X, y)
+    X[7, 0] = 9.0
+    with pytest.raises(ValueError, match=where + " contains NaN or infinity"):
+        est.predict(torch.from_numpy(X))
+    est.set_params(non_finite="continue")  # the exit is refused; the last stage's NaN is not
+    with pytest.raises(ValueError, match="contains NaN or infinity"):
+        est.predict(torch.from_numpy(X))
+    np.testing.assert_array_equal(est.predict(torch.from_numpy(X[8:])).shape, (192,))
+
+
+def test_dec_routing_keeps_the_clustering_layer_on_the_device(monkeypatch):
+    """DECEarlyExit's Student-t layer runs where the batch is: few transfers per batch."""
+    from sklearn.datasets import make_blobs
+
+    from sklearn_e2cm import DECEarlyExit
+    from sklearn_e2cm.stages._dec import _soft_assign, _soft_assign_numpy
+
+    X, _ = make_blobs(n_samples=300, centers=3, n_features=8, random_state=0)
+    ee = DECEarlyExit(n_clusters=3, hidden=(16, 16, 32), embedding_dim=3, pretrain_epochs=3,
+                      max_iter=30, n_init=2, flops_target=0.6, batch_size=50,
+                      sweep_resolution=50, random_state=0).fit(X)
+    before = ee.route(X)
+    spy = _TransferSpy(monkeypatch)
+    res = ee.route(torch.from_numpy(X.astype(np.float32)))
+    monkeypatch.undo()
+    # per batch: the labels, exit stages, components and proba, and the finiteness flags;
+    # plus one conversion per call: DEC validates its input with scikit-learn (numpy)
+    assert spy.count <= (300 // 50) * (ee.n_stages_ + 2) + 1, spy.count
+    np.testing.assert_array_equal(res.y_pred, before.y_pred)
+    np.testing.assert_allclose(res.proba, before.proba, rtol=0, atol=1e-12)
+    # the tensor Student-t equals the numpy one (float64, same formula)
+    rng = np.random.default_rng(0)
+    Z, C = rng.standard_normal((20, 3)), rng.standard_normal((4, 3))
+    np.testing.assert_allclose(_soft_assign(torch.from_numpy(Z), torch.from_numpy(C)).numpy(),
+                               _soft_assign_numpy(Z, C), rtol=1e-12, atol=1e-15)

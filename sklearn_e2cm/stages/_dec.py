@@ -4,9 +4,10 @@
 :class:`~sklearn_e2cm.cluster.DECEarlyExit` to the E²CM router: the large
 DEC's encoder cut at the exits, each exit's trainable tail as its stage
 vector, and the large DEC's Student-t clustering layer as the final
-classifier. It also holds the numpy Student-t soft assignment
-(:func:`_soft_assign_numpy`) that the clustering layer and the DEC training
-library share, and the FLOP counts of the Linear/ReLU networks.
+classifier. It also holds the Student-t soft assignment
+(:func:`_soft_assign_numpy`, and :func:`_soft_assign` on tensors where they
+are) that the clustering layer and the DEC training library share, and the
+FLOP counts of the Linear/ReLU networks.
 
 Every network here is a ``torch.nn.Sequential`` of ``Linear`` layers with a
 ``ReLU`` after each but the last; torch is imported when a method needs it.
@@ -48,15 +49,21 @@ def _soft_assign_numpy(Z, centers, alpha=1.0):
     >>> _soft_assign_numpy(np.array([[0.0, 0.0]]), np.array([[0.0, 0.0], [1.0, 0.0]]))
     array([[0.6667, 0.3333]])
     """
-    Z = np.asarray(Z, dtype=np.float64)
-    C = np.asarray(centers, dtype=np.float64)
+    return _soft_assign(np.asarray(Z, dtype=np.float64), np.asarray(centers, dtype=np.float64),
+                        alpha)
+
+
+def _soft_assign(Z, C, alpha=1.0):
+    """:func:`_soft_assign_numpy` on float arrays or tensors, computed where they are."""
     d2 = (Z * Z).sum(1)[:, None] - 2.0 * Z @ C.T + (C * C).sum(1)[None, :]
-    np.maximum(d2, 0.0, out=d2)
-    logits = -(alpha + 1.0) / 2.0 * np.log1p(d2 / alpha)
-    logits -= logits.max(axis=1, keepdims=True)
-    Q = np.exp(logits)
-    Q /= Q.sum(axis=1, keepdims=True)
-    return Q
+    if isinstance(Z, np.ndarray):
+        np.maximum(d2, 0.0, out=d2)
+        logits = -(alpha + 1.0) / 2.0 * np.log1p(d2 / alpha)
+        logits -= logits.max(axis=1, keepdims=True)
+        Q = np.exp(logits)
+        return Q / Q.sum(axis=1, keepdims=True)
+    logits = -(alpha + 1.0) / 2.0 * (d2.clamp_min_(0.0) / alpha).log1p_()
+    return logits.softmax(dim=1)
 
 
 def _mlp_walk(module):
@@ -272,14 +279,19 @@ class DECStages(StageAdapter):
 
         Returns
         -------
-        class_index : ndarray of intp of shape (n,)
+        class_index : torch.Tensor of int64 of shape (n,)
             Cluster of every row.
-        Q : ndarray of float64 of shape (n, n_clusters)
-            Student-t soft assignment (numpy).
+        Q : torch.Tensor of shape (n, n_clusters)
+            Student-t soft assignment, on ``Z``'s device, in float64 (float32
+            on a device without float64, such as MPS).
         """
-        Zl = self.to_numpy(self.final(Z))
-        Q = _soft_assign_numpy(Zl, self.centers)
-        return Q.argmax(axis=1).astype(np.intp), Q
+        import torch
+
+        E = self.final(Z)
+        dtype = torch.float32 if E.device.type == "mps" else torch.float64
+        C = torch.as_tensor(self.centers, dtype=dtype, device=E.device)  # K x D: tiny
+        Q = _soft_assign(E.to(dtype), C)
+        return Q.argmax(dim=1), Q
 
     def take(self, Z, keep):
         """Rows of ``Z`` selected by a boolean mask or row indices (numpy or tensor).
