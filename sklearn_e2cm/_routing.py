@@ -361,21 +361,24 @@ class StageChecks:
             self._raise(j, what)
 
     def settle(self):
-        """Read the recorded tensor flags back (one transfer) and raise on the first failure."""
-        if self._skipped:
-            import torch
-
-            skipped, self._skipped = self._skipped, []
-            self.n_skipped += int(torch.stack(skipped).sum().item())
-        if not self._flags:
+        """Read the recorded tensor flags (and skipped-row counts) back in one transfer;
+        raise on the first non-finite flag."""
+        if not self._flags and not self._skipped:
             return
         import torch
 
         flags, self._flags = self._flags, []
-        # one stack, one isfinite and one transfer for the whole batch (a dtype of its own
-        # per flag would make torch.stack promote: min/max are exact in float64)
-        bounds = torch.stack([b.to(torch.float64) for _, _, lo, hi in flags for b in (lo, hi)])
-        ok = torch.isfinite(bounds).view(-1, 2).all(dim=1).cpu().numpy()
+        skipped, self._skipped = self._skipped, []
+        # one stack and one transfer for the whole batch (float64: a dtype of its own per
+        # flag would make torch.stack promote; min/max and counts are exact in it)
+        values = [b.to(torch.float64) for _, _, lo, hi in flags for b in (lo, hi)]
+        if skipped:
+            values.append(torch.stack(skipped).sum().to(torch.float64))
+        host = torch.stack(values).cpu().numpy()
+        if skipped:
+            self.n_skipped += int(host[-1])
+            host = host[:-1]
+        ok = np.isfinite(host).reshape(-1, 2).all(axis=1)
         if not ok.all():
             j, what, _, _ = flags[int(np.argmin(ok))]
             self._raise(j, what)

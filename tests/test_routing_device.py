@@ -375,3 +375,18 @@ def test_dec_routing_keeps_the_clustering_layer_on_the_device(monkeypatch):
     Z, C = rng.standard_normal((20, 3)), rng.standard_normal((4, 3))
     np.testing.assert_allclose(_soft_assign(torch.from_numpy(Z), torch.from_numpy(C)).numpy(),
                                _soft_assign_numpy(Z, C), rtol=1e-12, atol=1e-15)
+
+
+def test_lenient_routing_makes_no_more_transfers(fitted, monkeypatch):
+    est, X = fitted
+    est.set_params(non_finite="continue")
+    try:
+        X = torch.from_numpy(X)
+        n_batches = -(-X.shape[0] // est.batch_size)
+        spy = _TransferSpy(monkeypatch)
+        res = est.route(X)
+        monkeypatch.undo()
+    finally:
+        est.set_params(non_finite="raise")
+    assert spy.count <= n_batches * (est.n_stages_ + 2), spy.count
+    np.testing.assert_array_equal(res.y_pred, est.predict(X))
