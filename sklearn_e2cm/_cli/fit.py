@@ -51,11 +51,11 @@ def _exit_at(text):
     """``--exit-at``: comma-separated stage indices, or fractions of the FLOPs."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
+        return [int(v) if v == int(v) and v >= 1 or v == 0 else v for v in values]
+    except (ValueError, OverflowError):  # not numbers, nan, inf
         raise argparse.ArgumentTypeError(
             f"{text!r}: give comma-separated stage indices (0,2,4) or fractions of the FLOPs "
             "(0.2,0.5)") from None
-    return [int(v) if v == int(v) and v >= 1 or v == 0 else v for v in values]
 
 
 def _stage_costs(text):
