@@ -75,7 +75,7 @@ def trained_light_cnn(Xtr, ytr, epochs, seed=0):
     path = CACHE / f"light_cnn_e{epochs}_s{seed}_n{len(ytr)}.pt"
     net = light_cnn(seed)
     if path.exists():
-        net.load_state_dict(torch.load(path, map_location="cpu"))
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return net.eval()
     train_classifier(net, Xtr, ytr, epochs=epochs, batch_size=128, optimizer="sgd",
                      schedule="onecycle", random_state=seed, verbose=1)
