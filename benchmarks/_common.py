@@ -28,18 +28,30 @@ def load_fashion(n_train=None, n_test=None):
     return Xtr.astype(np.float32), ytr, Xte.astype(np.float32), yte
 
 
-def trained_resnet(Xtr, ytr, depth=20, width=16, epochs=3, seed=0, verbose=1):
-    """A ResNet trained by the package's own helper, cached on disk by its recipe."""
+def resnet_cache_path(n_rows, depth=20, width=16, epochs=3, seed=0, tag=""):
+    """Where :func:`trained_resnet` caches the network of this recipe (``tag``: extra recipe)."""
+    return CACHE / f"resnet{depth}_w{width}_e{epochs}_s{seed}_n{n_rows}{tag}.pt"
+
+
+def trained_resnet(Xtr, ytr, depth=20, width=16, epochs=3, seed=0, verbose=1, *,
+                   n_classes=10, in_channels=1, input_size=28, tag=""):
+    """A ResNet trained by the package's own helper, cached on disk by its recipe.
+
+    ``tag`` is appended to the cache file name for recipes that the other
+    arguments do not name (e.g. a subset of the classes); the defaults give the
+    benchmarks' usual 10-class network and its usual file.
+    """
     import torch
 
     from sklearn_e2cm.models import resnet_small, train_classifier
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"resnet{depth}_w{width}_e{epochs}_s{seed}_n{len(ytr)}.pt"
+    path = resnet_cache_path(len(ytr), depth, width, epochs, seed, tag)
     torch.manual_seed(seed)
-    net = resnet_small(depth=depth, width=width, in_channels=1, n_classes=10, input_size=28)
+    net = resnet_small(depth=depth, width=width, in_channels=in_channels, n_classes=n_classes,
+                       input_size=input_size)
     if path.exists():
-        net.load_state_dict(torch.load(path, map_location="cpu"))
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         net.eval()
         return net, 0.0
     t0 = time.perf_counter()

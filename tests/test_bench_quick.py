@@ -57,3 +57,75 @@ def test_evidence_benchmark_quick(tmp_path):
     assert {("whitened", "agree"), ("whitened", "cumulative 1.0")} <= {
         (r["exits"], r["variant"]) for r in rows}
     assert all(len(r["held_out"]) == 5 for r in rows)
+
+
+@pytest.mark.slow
+def test_calibration_benchmark_quick(tmp_path):
+    pytest.importorskip("torch")
+    _run("bench_calibration.py", ["--quick"], tmp_path)
+    payload = json.loads((tmp_path / "calibration_quick.json").read_text())
+    rows = payload["rows"]
+    assert {r["calibration"] for r in rows} == {None, 0.2}
+    for r in rows:
+        run = r["runs"][0]
+        # held out: about a fifth of the training rows tune the thresholds; None: all of them
+        expected = run["n_fit_rows"] if r["calibration"] is None else 0.2 * run["n_fit_rows"]
+        assert abs(run["n_tuning_rows"] - expected) <= 1
+        assert [s["flops_target"] for s in r["served"]] == payload["targets"]
+        for s in run["served"]:
+            assert abs(s["tuning_flops"] - s["flops_target"]) <= 0.01  # met on the tuning rows
+            assert 0 < s["test_flops"] <= max(run["cumulative_cost"]) + 1e-9
+            assert s["abs_flops_error"] == pytest.approx(abs(s["test_flops"] - s["flops_target"]),
+                                                         abs=1e-12)
+            assert 0 <= s["test_accuracy"] <= 1
+    md = (tmp_path / "calibration_quick.md").read_text()
+    assert "## digits" in md and "| 0.2 held out |" in md
+
+    # the benchmark's warning capture: separable blobs make the first exit look perfect on the
+    # training rows (the fit warns), never on held-out rows (calibration=0.2 does not)
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_calibration import measure
+    finally:
+        sys.path.remove(str(BENCH))
+    from sklearn.datasets import make_blobs
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from sklearn_e2cm import EarlyExitClassMeans
+
+    X, y = make_blobs(600, n_features=8, centers=4, cluster_std=0.5, random_state=0)
+    warned = {}
+    for cal in (None, 0.2):
+        def make(cal=cal):
+            steps = [StandardScaler(), Nystroem(n_components=200, random_state=0),
+                     LogisticRegression()]
+            return EarlyExitClassMeans(steps, calibration=cal, random_state=0)
+        warned[cal] = measure(make, X[:400], y[:400], X[400:], y[400:], [0.3])["easy_warning"]
+    assert warned == {None: True, 0.2: False}
+
+
+@pytest.mark.slow
+def test_finetune_benchmark_quick(tmp_path):
+    pytest.importorskip("torch")
+    _run("bench_finetune.py", ["--quick"], tmp_path)
+    payload = json.loads((tmp_path / "finetune_quick.json").read_text())
+    run = payload["runs"][0]
+    assert {"E2CM", "E2CM (whitened)", "SDN (1 epoch)", "BranchyNet (1 epoch)"} <= set(
+        run["methods"])
+    assert 0 < run["exit"]["stage_flops_fraction"] < 1
+    for r in payload["runs"]:
+        assert 0 <= r["head"]["test_accuracy"] <= 1
+        for m in r["methods"].values():
+            assert "error" not in m, m
+            assert len(m["test_accuracy"]) == len(payload["phis"])
+            assert all(0 < f <= 1.0 + 1e-9 for f in m["test_flops"])
+            assert all(0 <= a <= 1 for a in m["test_accuracy"])
+            # leaving at the one exit costs the stages before it plus the exit head
+            assert m["exit_cost"] >= run["exit"]["stage_flops_fraction"] - 1e-12
+            # a budget of 1 is served by the fine-tuned network itself
+            assert abs(m["test_flops"][-1] - 1.0) < 1e-9
+            assert abs(m["test_accuracy"][-1] - r["head"]["test_accuracy"]) < 1e-9
+    md = (tmp_path / "finetune_quick.md").read_text()
+    assert "| E2CM |" in md and (tmp_path / "finetune_quick.png").exists()
