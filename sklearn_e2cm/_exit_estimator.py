@@ -199,8 +199,9 @@ class EarlyExitBase:
             j = int(cheap[0])
             warn(
                 f"On the tuning rows (the training data, calibration=None) the exit after stage "
-                f"{j}, at {self.cumulative_cost_[j]:.3f} of the FLOPs, is as accurate as the full "
-                f"model ({acc[j]:.4f} against {acc[-1]:.4f}): the network fits these rows, so "
+                f"{j}, at {self.cumulative_cost_[j]:.3f} of the FLOPs, is "
+                f"{'more accurate than' if acc[j] > acc[-1] else 'as accurate as'} the full model "
+                f"({acc[j]:.4f} against {acc[-1]:.4f}): the exits fit these rows, so "
                 "thresholds tuned on them send too many new samples out early. Pass "
                 "calibration=0.2 (or a number of rows) to tune them on held-out rows.")
 

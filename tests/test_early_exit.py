@@ -481,3 +481,19 @@ def test_renamed_sweep_resolution_keeps_the_old_name_with_a_future_warning():
         EarlyExitClassMeans(stages=steps, flops_target=0.8, n_targets=50,
                             sweep_resolution=60).fit(X, y)
     assert clone(old).get_params()["n_targets"] == 50
+
+
+def test_warns_when_an_early_exit_looks_as_accurate_as_the_full_model():
+    X, y = make_blobs(n_samples=400, centers=3, n_features=20, cluster_std=0.5, random_state=0)
+    steps = [StandardScaler(), PCA(10, random_state=0), Nystroem(n_components=100, random_state=0),
+             LogisticRegression(max_iter=500)]
+    with pytest.warns(UserWarning, match=r"exit after stage 0, at 0\.\d+ of the FLOPs, is (as "
+                                         r"accurate as|more accurate than) the full model.*"
+                                         r"calibration=0\.2"):
+        EarlyExitClassMeans(stages=steps, flops_target=0.5, random_state=0).fit(X, y)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        EarlyExitClassMeans(stages=steps, flops_target=0.5, calibration=0.2,
+                            random_state=0).fit(X, y)

@@ -367,3 +367,29 @@ def test_long_silent_training_warns_once_with_the_time_left(monkeypatch):
         run_epochs(10, 4, lambda b: 1.0, batch_size=5, desc="shown", verbose=1)
         monkeypatch.setattr(_backend, "LONG_WORK_SECONDS", 1e9)
         run_epochs(10, 4, lambda b: 1.0, batch_size=5, desc="short")
+
+
+def test_small_first_batches_are_centred():
+    """Non-negative stage outputs in batches of 4: the classifiers are standardised around a
+    centre (a batch of 4 has one), so one epoch learns as with larger batches."""
+    from sklearn.datasets import load_digits
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler
+
+    X, y = load_digits(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, train_size=100, random_state=0, stratify=y)
+    pipe = make_pipeline(MinMaxScaler(), PCA(20, random_state=0),
+                         LogisticRegression(max_iter=1000)).fit(Xtr, ytr)
+    acc = {}
+    for bs in (4, 32):
+        acc[bs] = np.mean([
+            np.mean(InternalClassifierEarlyExit(list(pipe), exit_at=[0], epochs=1, batch_size=bs,
+                                                learning_rate=1e-2, random_state=seed,
+                                                thresholds=[0.0]).fit(Xtr, ytr).predict(Xte)
+                    == yte) for seed in range(3)])
+    # the exit (on min-max scaled pixels, all >= 0) alone decides: scaled but not centred,
+    # batches of 4 reached 0.60 against 0.77 for batches of 32
+    assert acc[4] > acc[32] - 0.06, acc

@@ -337,10 +337,10 @@ class LinearSoftmaxTrainer:
         torch = import_torch("InternalClassifierEarlyExit")
         with torch.inference_mode(False), torch.no_grad():
             rms = (V * V).mean(0).sqrt()
-            if V.shape[0] >= 16:
+            if V.shape[0] >= 2:  # a noisy centre beats none (ReLU / pooled outputs are >= 0)
                 mu = V.mean(0)
                 sd = ((V - mu[None, :]) ** 2).mean(0).sqrt()
-            else:  # too few rows for a spread (batch_size=1): scale only
+            else:  # one row has no spread (batch_size=1): scale only
                 mu, sd = torch.zeros_like(rms), rms
             # floor on the typical magnitude: a feature constant on the first batch must not
             # blow up later
