@@ -175,11 +175,8 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
         time sharing.
     verbose : int, default=0
     non_finite : {"raise", "continue"}, default="raise"
-        At prediction, a NaN or infinite stage vector or exit score:
-        ``"raise"`` a ``ValueError`` naming the stage; ``"continue"``: the row
-        may not exit where its score is not finite and goes on towards the
-        base model's classifier (one warning per call with the count); the
-        last stage's outputs must be finite either way. Fitting always raises.
+        As for :class:`EarlyExitClassMeans`: what a NaN or infinite stage
+        vector or exit score does at prediction.
     n_targets : int
         Deprecated name of ``sweep_resolution`` (renamed in 0.2.0, removed
         in 0.4.0).

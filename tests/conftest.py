@@ -67,3 +67,34 @@ def tiny_resnet(digit_images):
     model = resnet_small(depth=8, width=8, in_channels=1, n_classes=10, input_size=8)
     train_classifier(model, Xtr, ytr, epochs=2, batch_size=64, random_state=0)
     return model
+
+
+def forbid_code_on_load(monkeypatch, torch=None):
+    """Make pickle, ``eval``/``exec`` (and ``torch.load``) raise; record every import.
+
+    For the "loading runs no code from the file" tests: returns the list the
+    names of the modules imported from now on are appended to.
+    """
+    import builtins
+    import pickle
+
+    def refuse(name):
+        def f(*args, **kwargs):
+            raise AssertionError(f"{name} called while loading")
+        return f
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse(f"pickle.{name}"))
+    monkeypatch.setattr(builtins, "eval", refuse("eval"))
+    monkeypatch.setattr(builtins, "exec", refuse("exec"))
+    if torch is not None:
+        monkeypatch.setattr(torch, "load", refuse("torch.load"))
+    real_import = builtins.__import__
+    imported = []
+
+    def recording_import(name, *args, **kwargs):
+        imported.append(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", recording_import)
+    return imported

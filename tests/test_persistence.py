@@ -13,6 +13,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from conftest import forbid_code_on_load  # noqa: E402
 from sklearn_e2cm import EarlyExitClassMeans, load_exits, save_exits
 from sklearn_e2cm.persistence import FORMAT_VERSION
 
@@ -581,28 +582,9 @@ def test_round_trip_internal_classifiers_torch(images, tmp_path):
 
 
 def test_loading_uses_no_pickle_eval_or_import(saved, steps, monkeypatch):
-    import builtins
-
     est, path = saved
     load_exits(path, steps)  # warm: every module the loader needs is imported
-
-    def refuse(name):
-        def f(*args, **kwargs):
-            raise AssertionError(f"{name} called while loading")
-        return f
-
-    for name in ("load", "loads", "Unpickler"):
-        monkeypatch.setattr(pickle, name, refuse(f"pickle.{name}"))
-    monkeypatch.setattr(builtins, "eval", refuse("eval"))
-    monkeypatch.setattr(builtins, "exec", refuse("exec"))
-    real_import = builtins.__import__
-    imported = []
-
-    def recording_import(name, *args, **kwargs):
-        imported.append(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", recording_import)
+    imported = forbid_code_on_load(monkeypatch)
     loaded = load_exits(path, steps)
     monkeypatch.undo()
     X, _ = load_digits(return_X_y=True)

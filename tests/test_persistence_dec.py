@@ -1,6 +1,5 @@
 """save_exits / load_exits of DEC and DECEarlyExit: their networks stored as arrays, rebuilt."""
 
-import builtins
 import copy
 import json
 import os
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from conftest import forbid_code_on_load  # noqa: E402
 from sklearn_e2cm import DEC, DECEarlyExit, load_exits, save_exits
 from sklearn_e2cm.persistence import FORMAT_VERSION
 
@@ -270,25 +270,7 @@ def test_stages_refused_and_subclasses(saved, fitted, tmp_path):
 
 def test_loading_runs_no_pickle_eval_or_new_import(saved, fitted, X, monkeypatch):
     load_exits(saved)  # warm: every module the loader needs is imported
-
-    def refuse(name):
-        def f(*args, **kwargs):
-            raise AssertionError(f"{name} called while loading")
-        return f
-
-    for name in ("load", "loads", "Unpickler"):
-        monkeypatch.setattr(pickle, name, refuse(f"pickle.{name}"))
-    monkeypatch.setattr(builtins, "eval", refuse("eval"))
-    monkeypatch.setattr(builtins, "exec", refuse("exec"))
-    monkeypatch.setattr(torch, "load", refuse("torch.load"))
-    real_import = builtins.__import__
-    imported = []
-
-    def recording_import(name, *args, **kwargs):
-        imported.append(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", recording_import)
+    imported = forbid_code_on_load(monkeypatch, torch)
     loaded = load_exits(saved)
     monkeypatch.undo()
     np.testing.assert_array_equal(loaded.predict(X), fitted.predict(X))

@@ -101,11 +101,9 @@ n_init, random_state, device, verbose
         the sweep keeps its best threshold vector; the hull is built on them.
         Not a target itself: ``flops_target`` is the one served.
     non_finite : {"raise", "continue"}, default="raise"
-        At prediction, a NaN or infinite stage vector or exit score:
-        ``"raise"`` a ``ValueError`` naming the stage; ``"continue"``: the row
-        may not exit where its score is not finite and goes on towards the
-        base model's classifier (one warning per call with the count); the
-        last stage's outputs must be finite either way. Fitting always raises.
+        As for :class:`~sklearn_e2cm.EarlyExitClassMeans`: at prediction, a
+        row whose exit embedding or score is NaN or infinite raises
+        (``"raise"``) or goes on towards the large DEC (``"continue"``).
     n_targets : int
         Deprecated name of ``sweep_resolution`` (renamed in 0.2.0, removed
         in 0.4.0).
