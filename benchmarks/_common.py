@@ -172,14 +172,22 @@ def accuracy_table(configs, rows, fits, targets):
     return md
 
 
-def accuracy_plot(configs, rows, name):
-    """PNG of test accuracy against test FLOPs per configuration; its markdown line, or []."""
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend, or None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def accuracy_plot(configs, rows, name):
+    """PNG of test accuracy against test FLOPs per configuration; its markdown line, or []."""
+    plt = pyplot()
+    if plt is None:
         return []
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for cname in configs:

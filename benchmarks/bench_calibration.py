@@ -58,7 +58,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, RESULTS, load_fashion, machine, plain_forward, write  # noqa: E402
+from _common import (  # noqa: E402
+    CACHE, RESULTS, load_fashion, machine, plain_forward, pyplot, write,
+)
 
 TARGETS = [0.15, 0.3, 0.5]
 CALIBRATIONS = [None, 0.2, 0.1]
@@ -384,12 +386,8 @@ def markdown(payload, targets):
 
 def plot(rows, targets, name):
     """Test FLOPs against φ, one panel per (setting, model, exits), one line per calibration."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     panels = list(dict.fromkeys((r["setting"], r["model"], _exits(r)) for r in rows))
     ncol = min(4, len(panels))

@@ -67,7 +67,8 @@ import numpy as np
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    RESULTS, load_fashion, machine, plain_forward, resnet_cache_path, trained_resnet, write,
+    RESULTS, load_fashion, machine, plain_forward, pyplot, resnet_cache_path, trained_resnet,
+    write,
 )
 
 PHIS = [0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
@@ -521,12 +522,8 @@ def markdown(payload, summ, names):
 
 def plot(summ, name, title):
     """Mean test accuracy against mean test FLOPs, ± std over the seeds, one panel per size."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     fig, axes = plt.subplots(1, len(summ), figsize=(5.2 * len(summ) + 1, 5.0), squeeze=False)
     for ax, (n, per) in zip(axes[0], summ.items()):
