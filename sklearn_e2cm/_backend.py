@@ -368,7 +368,7 @@ def renamed_param(est, old, new, new_default, since="0.2.0", removed="0.4.0"):
     est : estimator
     old, new : str
         The deprecated and the current parameter names.
-    new_default : object
+    new_default : scalar
         ``new``'s default (giving ``old`` and a non-default ``new`` raises).
     since, removed : str
         The versions the warning names.
@@ -381,9 +381,7 @@ def renamed_param(est, old, new, new_default, since="0.2.0", removed="0.4.0"):
     if isinstance(value, str) and value == DEPRECATED:
         return getattr(est, new)
     current = getattr(est, new)
-    if not (current is new_default or (isinstance(current, (int, float, str))
-                                       and not isinstance(current, bool)
-                                       and current == new_default)):
+    if current != new_default:
         raise ValueError(
             f"{type(est).__name__} got both {old}={value!r} and {new}={current!r}; "
             f"{old!r} is the deprecated name of {new!r}: set only {new}.")

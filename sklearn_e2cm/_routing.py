@@ -329,12 +329,11 @@ class StageChecks:
         Used with ``non_finite="continue"``: the count of rows refused is
         kept on the device and read back by :meth:`settle`.
         """
-        ok = conf == conf  # NaN is the only value unequal to itself
         if is_torch(conf):
-            ok &= conf.abs() != float("inf")
+            ok = conf.isfinite()
             self._skipped.append((~ok).sum())
         else:
-            ok &= np.abs(conf) != np.inf
+            ok = np.isfinite(conf)
             self.n_skipped += int((~ok).sum())
         return ok
 

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 
 from .._exit_estimator import tuning_table_of
+from .._thresholds import evaluate_mixtures
 from ._load import (
     CLIError,
     add_data_arguments,
@@ -71,10 +72,11 @@ def curve_table(est, X, y, targets):
         with warnings.catch_warnings():  # a target below the cheapest point: the row says it
             warnings.simplefilter("ignore", UserWarning)
             est.set_operating_point(flops_target=t)
-        cost, acc = table.evaluate_many(np.asarray(est.mixture_thresholds_))
-        w = np.asarray(est.mixture_weights_)
-        rows.append({"model": "E2CM", "flops_target": float(t), "flops": float(w @ cost),
-                     "accuracy": float(w @ acc)})
+        T = np.asarray(est.mixture_thresholds_)
+        (cost,), (acc,) = evaluate_mixtures(table, T, [(np.arange(len(T)),
+                                                        est.mixture_weights_)])
+        rows.append({"model": "E2CM", "flops_target": float(t), "flops": float(cost),
+                     "accuracy": float(acc)})
     return pd.DataFrame(rows, columns=["model", "flops_target", "flops", "accuracy"])
 
 

@@ -117,23 +117,34 @@ def add_parser(sub):
                         "%(default)s)")
     e.add_argument("-v", "--verbose", action="count", default=0,
                    help="progress bars and timings (repeat for more)")
-    ic = p.add_argument_group("internal classifiers (--estimator internal)")
-    ic.add_argument("--method", choices=["sdn", "branchynet", "bwds"], default="sdn",
-                    help="the baseline: exit placement and criterion (default: %(default)s)")
-    ic.add_argument("--exit-at", type=_exit_at, default=None, metavar="LIST",
+    from ..internal import InternalClassifierEarlyExit
+
+    default = InternalClassifierEarlyExit().get_params()
+    # given only when typed (SUPPRESS): the estimator's own defaults apply otherwise, and
+    # the options can be refused with --estimator class-means rather than ignored
+    ic = p.add_argument_group("internal classifiers (--estimator internal)",
+                              argument_default=argparse.SUPPRESS)
+    ic.add_argument("--method", choices=["sdn", "branchynet", "bwds"],
+                    help="the baseline: exit placement and criterion "
+                         f"(default: {default['method']})")
+    ic.add_argument("--exit-at", type=_exit_at, metavar="LIST",
                     help="where the exits go: stage indices (0,2,4) or fractions of the FLOPs "
                          "(0.2,0.5) (default: the method's own placement)")
-    ic.add_argument("--epochs", type=int, default=1, metavar="N",
+    ic.add_argument("--epochs", type=int, metavar="N",
                     help="passes over the data to train the classifiers; the most with "
-                         "--early-stopping (default: %(default)s)")
+                         f"--early-stopping (default: {default['epochs']})")
     ic.add_argument("--early-stopping", action="store_true",
                     help="hold out 10%% of the rows and stop when no classifier improves")
-    ic.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR",
-                    help="Adam step size (default: %(default)s)")
-    ic.add_argument("--combine", choices=["consult", "and", "or"], default=None,
+    ic.add_argument("--learning-rate", type=float, metavar="LR",
+                    help=f"Adam step size (default: {default['learning_rate']})")
+    ic.add_argument("--combine", choices=["consult", "and", "or"],
                     help="also consult E2CM at every exit: 'consult' exits only when E2CM's "
                          "class equals the classifier's (the paper's rule) (default: no)")
     return p
+
+
+#: The options of --estimator internal (InternalClassifierEarlyExit parameters).
+_IC_OPTIONS = ("method", "exit_at", "epochs", "early_stopping", "learning_rate", "combine")
 
 
 def _estimator(args, stages):
@@ -143,18 +154,14 @@ def _estimator(args, stages):
         sweep_resolution=args.sweep_resolution, stage_costs=args.stage_costs,
         batch_size=args.batch_size, device=args.device,
         random_state=args.random_state, verbose=args.verbose)
+    given = {k: getattr(args, k) for k in _IC_OPTIONS if hasattr(args, k)}
     if args.estimator == "internal":
         from ..internal import InternalClassifierEarlyExit
 
-        return InternalClassifierEarlyExit(
-            method=args.method, exit_at=args.exit_at, epochs=args.epochs,
-            early_stopping=args.early_stopping, learning_rate=args.learning_rate,
-            combine=args.combine, **common)
-    defaults = {"method": "sdn", "exit_at": None, "epochs": 1, "early_stopping": False,
-                "learning_rate": 1e-3, "combine": None}
-    given = [f"--{k.replace('_', '-')}" for k, v in defaults.items() if getattr(args, k) != v]
+        return InternalClassifierEarlyExit(**given, **common)
     if given:
-        raise CLIError(f"{', '.join(given)} only apply to --estimator internal.")
+        raise CLIError(f"{', '.join('--' + k.replace('_', '-') for k in given)} only apply to "
+                       "--estimator internal.")
     from ..early_exit import EarlyExitClassMeans
 
     return EarlyExitClassMeans(**common)
