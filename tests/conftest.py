@@ -98,3 +98,32 @@ def forbid_code_on_load(monkeypatch, torch=None):
 
     monkeypatch.setattr(builtins, "__import__", recording_import)
     return imported
+
+
+def fitted_digit_steps(X, y):
+    """StandardScaler, PCA(12), Nystroem(150) and a LogisticRegression, all fitted on ``X, y``."""
+    from sklearn.decomposition import PCA
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    sc = StandardScaler().fit(X)
+    Z = sc.transform(X)
+    pca = PCA(12, random_state=0).fit(Z)
+    Z = pca.transform(Z)
+    nys = Nystroem(n_components=150, random_state=0).fit(Z)
+    clf = LogisticRegression(max_iter=300).fit(nys.transform(Z), y)
+    return [sc, pca, nys, clf]
+
+
+def assert_same_statistics(a, b, rtol=1e-10):
+    """Two ``ClassStatistics`` agree: counts and labels exactly, class weights to 1e-10, means
+    and covariances to ``rtol`` (relative to each array's largest entry)."""
+    assert a.n_samples == b.n_samples
+    np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_allclose(a.weights(), b.weights(), rtol=1e-10)
+    for ma, mb in zip(a.means(), b.means()):
+        np.testing.assert_allclose(ma, mb, rtol=rtol, atol=rtol * np.abs(mb).max())
+    if a.metric == "mahalanobis":
+        for ca, cb in zip(a.covariances(), b.covariances()):
+            np.testing.assert_allclose(ca, cb, rtol=rtol, atol=rtol * np.abs(cb).max())

@@ -12,13 +12,13 @@ import pytest
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
-from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
+from conftest import fitted_digit_steps  # noqa: E402
 from sklearn_e2cm import EarlyExitClassMeans, FlopBudgetSearchCV  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts two worker processes
@@ -67,22 +67,12 @@ def test_search_folds_run_on_the_cluster(client):
                                   remote.best_estimator_.mixture_thresholds_)
 
 
-def _fitted_stages(X, y):
-    sc = StandardScaler().fit(X)
-    Z = sc.transform(X)
-    pca = PCA(12, random_state=0).fit(Z)
-    Z = pca.transform(Z)
-    nys = Nystroem(n_components=150, random_state=0).fit(Z)
-    clf = LogisticRegression(max_iter=300).fit(nys.transform(Z), y)
-    return [sc, pca, nys, clf]
-
-
 @pytest.mark.parametrize("metric", ["euclidean", "mahalanobis"])
 def test_fit_on_a_dask_array_equals_numpy(client, metric):
     da = pytest.importorskip("dask.array")
     X, y = load_digits(return_X_y=True)
     w = np.random.RandomState(0).uniform(0.5, 2.0, size=len(y))
-    stages = _fitted_stages(X, y)
+    stages = fitted_digit_steps(X, y)
 
     def est():  # not clone: it would unfit the steps
         return EarlyExitClassMeans(stages=stages, metric=metric, flops_target=0.4,

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 if not torch.distributed.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
+from conftest import assert_same_statistics  # noqa: E402
 from sklearn_e2cm import EarlyExitClassMeans  # noqa: E402
 
 pytestmark = pytest.mark.slow  # two fresh interpreters importing torch: ~10 s on 2 cores
@@ -168,17 +169,6 @@ def rank_results(tmp_path_factory):
     return single, results
 
 
-def _same_stats(a, b, rtol=RTOL):
-    assert a.n_samples == b.n_samples
-    np.testing.assert_array_equal(a.classes, b.classes)
-    np.testing.assert_allclose(a.weights(), b.weights(), rtol=RTOL)
-    for ma, mb in zip(a.means(), b.means()):
-        np.testing.assert_allclose(ma, mb, rtol=rtol, atol=rtol * np.abs(mb).max())
-    if a.metric == "mahalanobis":
-        for ca, cb in zip(a.covariances(), b.covariances()):
-            np.testing.assert_allclose(ca, cb, rtol=rtol, atol=rtol * np.abs(cb).max())
-
-
 @pytest.mark.parametrize("key", [("arrays", "euclidean"), ("arrays", "mahalanobis"),
                                  ("loader", "mahalanobis")])
 def test_every_rank_equals_one_process(rank_results, key):
@@ -191,7 +181,7 @@ def test_every_rank_equals_one_process(rank_results, key):
     rtol = RTOL if key[0] == "arrays" else 1e-6
     for r, res in enumerate(ranks):
         got = res[key]
-        _same_stats(got["stats"], ref["stats"], rtol)
+        assert_same_statistics(got["stats"], ref["stats"], rtol)
         np.testing.assert_array_equal(got["classes"], ref["classes"])
         for sa, sb in zip(got["scales"], ref["scales"]):
             assert (sa is None) == (sb is None)

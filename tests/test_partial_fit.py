@@ -8,10 +8,9 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError
-from sklearn.kernel_approximation import Nystroem
-from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from conftest import assert_same_statistics, fitted_digit_steps
 from sklearn_e2cm import EarlyExitClassMeans
 from sklearn_e2cm._fitting.class_statistics import ClassStatistics
 from sklearn_e2cm.exits.statistics import ClassStatsAccumulator
@@ -28,31 +27,13 @@ def digits():
 @pytest.fixture(scope="module")
 def fitted_stages(digits):
     """Scaler, PCA, Nystroem and a classifier, all fitted: partial_fit trains nothing."""
-    X, y = digits
-    sc = StandardScaler().fit(X)
-    Z = sc.transform(X)
-    pca = PCA(12, random_state=0).fit(Z)
-    Z = pca.transform(Z)
-    nys = Nystroem(n_components=150, random_state=0).fit(Z)
-    clf = LogisticRegression(max_iter=300).fit(nys.transform(Z), y)
-    return [sc, pca, nys, clf]
+    return fitted_digit_steps(*digits)
 
 
 def _est(stages, metric, **kw):
     kw.setdefault("flops_target", 0.4)
     kw.setdefault("sweep_resolution", 50)
     return EarlyExitClassMeans(stages=stages, metric=metric, random_state=0, **kw)
-
-
-def _assert_same_statistics(a, b, rtol=RTOL):
-    assert a.n_samples == b.n_samples
-    np.testing.assert_array_equal(a.classes, b.classes)
-    np.testing.assert_allclose(a.weights(), b.weights(), rtol=RTOL)
-    for ma, mb in zip(a.means(), b.means()):
-        np.testing.assert_allclose(ma, mb, rtol=rtol, atol=rtol * np.abs(mb).max())
-    if a.metric == "mahalanobis":
-        for ca, cb in zip(a.covariances(), b.covariances()):
-            np.testing.assert_allclose(ca, cb, rtol=rtol, atol=rtol * np.abs(cb).max())
 
 
 # ------------------------------------------------------------------ the accumulator
@@ -124,7 +105,7 @@ def test_shards_merge_into_the_union(digits, fitted_stages, metric):
     est_a = _est(stages, metric).fit(X[in_a], y[in_a])
     est_b = _est(stages, metric).fit(X[~in_a], y[~in_a])
     merged = est_a.class_statistics_.copy().merge(est_b.class_statistics_)
-    _assert_same_statistics(merged, whole.class_statistics_)
+    assert_same_statistics(merged, whole.class_statistics_)
     # merged statistics + the same tuning rows: the estimator of one fit on the union
     est_a.class_statistics_ = merged
     est_a.finalize(X, y)
@@ -161,7 +142,7 @@ def test_partial_fit_chunks_then_finalize_equals_fit(digits, fitted_stages, metr
         warnings.simplefilter("ignore", UserWarning)  # "serves the base model until finalize"
         for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
             est.partial_fit(X[lo:hi], y[lo:hi], classes=np.arange(10) if i == 0 else None)
-    _assert_same_statistics(est.class_statistics_, whole.class_statistics_)
+    assert_same_statistics(est.class_statistics_, whole.class_statistics_)
     est.finalize(X, y)
     for ma, mb in zip(est.class_means_, whole.class_means_):
         np.testing.assert_allclose(ma, mb, rtol=RTOL, atol=1e-12)
@@ -185,7 +166,7 @@ def test_partial_fit_uneven_chunks(digits, metric):
     est = _est(None, metric, flops_target=None)
     for i, rows in enumerate(np.array_split(np.random.RandomState(0).permutation(len(y)), 7)):
         est.partial_fit(X[rows], y[rows], classes=np.arange(10))  # the same classes: allowed
-    _assert_same_statistics(est.class_statistics_, whole.class_statistics_)
+    assert_same_statistics(est.class_statistics_, whole.class_statistics_)
 
 
 def test_partial_fit_serves_the_base_model_until_finalize(digits, fitted_stages):
@@ -215,7 +196,7 @@ def test_partial_fit_serves_the_base_model_until_finalize(digits, fitted_stages)
     assert est.expected_flops_ < 0.42  # at most the target (less above the hull)
     assert est.score(X, y) > 0.8
     est2 = pickle.loads(pickle.dumps(est))  # statistics pickle with the estimator
-    _assert_same_statistics(est2.class_statistics_, est.class_statistics_)
+    assert_same_statistics(est2.class_statistics_, est.class_statistics_)
 
 
 def test_partial_fit_unseen_classes(digits):
@@ -306,7 +287,7 @@ def test_torch_dataloader_chunks_and_sampler_padding(tiny_torch, metric):
         assert est.class_statistics_.n_samples == (len(ds) - r + W - 1) // W
         merged = (est.class_statistics_ if merged is None
                   else merged.merge(est.class_statistics_))
-    _assert_same_statistics(merged, whole.class_statistics_, rtol)
+    assert_same_statistics(merged, whole.class_statistics_, rtol)
 
     est = _est(stages, metric, **kw)  # chunks of whole batches: the same sums
     bounds = [0, 512, 1024, len(y)]
@@ -316,7 +297,7 @@ def test_torch_dataloader_chunks_and_sampler_padding(tiny_torch, metric):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             est.partial_fit(loader, classes=np.arange(10) if i == 0 else None)
-    _assert_same_statistics(est.class_statistics_, whole.class_statistics_)
+    assert_same_statistics(est.class_statistics_, whole.class_statistics_)
     est.finalize(DataLoader(ds, batch_size=128))  # labels from the batches
     for ma, mb in zip(est.class_means_, whole.class_means_):
         np.testing.assert_allclose(ma, mb, rtol=RTOL, atol=1e-7)
