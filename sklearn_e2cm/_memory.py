@@ -56,9 +56,11 @@ def resident_bytes():
 class HeapGuard:
     """Trim the heap when the resident size grew by more than ``slack`` bytes.
 
-    Call :meth:`step` after each batch. Memory the caller keeps on purpose
-    (a cache that fills up) raises the floor: after each trim the new
-    resident size is the reference. With ``slack=None``, or without /proc
+    Call :meth:`step` after each batch. The reference is the resident size
+    after the first batch, and again after the first batch that follows a
+    trim (once that batch's working set is back): memory the caller keeps on
+    purpose (a cache that fills up) raises the floor, and the pages a trim
+    gave back and the next batch takes again do not count as growth. With ``slack=None``, or without /proc
     (not Linux), it trims every ``fallback_every`` batches instead: routed
     inference uses that, since its compacted batches of varying sizes would
     otherwise trigger frequent trims, and it keeps no cache that must fit a
@@ -92,4 +94,6 @@ class HeapGuard:
         elif rss > self.ref + self.slack:
             trim_heap()
             self.trims += 1
-            self.ref = resident_bytes() or rss
+            # the next batch faults its working set back in: take the reference there,
+            # not at the trimmed low point (else every batch would look like growth)
+            self.ref = None

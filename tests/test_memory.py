@@ -4,7 +4,7 @@ import sklearn_e2cm._memory as mem
 
 
 def test_heap_guard_trims_only_after_growth(monkeypatch):
-    rss = iter([100, 150, 400, 120, 130, 390, 300, 600, 250])
+    rss = iter([100, 150, 400, 380, 390, 570, 300, 560, 610, 650])
     trims = []
     monkeypatch.setattr(mem, "resident_bytes", lambda: next(rss))
     monkeypatch.setattr(mem, "trim_heap", lambda: trims.append(1))
@@ -12,13 +12,19 @@ def test_heap_guard_trims_only_after_growth(monkeypatch):
     g.step()  # reference 100
     g.step()  # 150: within the slack
     assert not trims
-    g.step()  # 400 > 100 + 200: trim, new reference read after the trim (120)
-    assert len(trims) == 1 and g.ref == 120
-    g.step()  # 130
-    g.step()  # 390 > 120 + 200 -> trim; the reference becomes 300 (memory kept on purpose)
-    assert len(trims) == 2 and g.ref == 300
-    g.step()  # 600 > 500 -> trim, reference 250
-    assert g.trims == 3 and g.ref == 250
+    g.step()  # 400 > 100 + 200: trim; the reference waits for the next batch
+    assert len(trims) == 1 and g.ref is None
+    g.step()  # 380: the batch's working set is back; this is the reference
+    assert g.ref == 380
+    g.step()  # 390, 570: within the slack of 380 (no trim for pages taken back)
+    g.step()
+    assert len(trims) == 1
+    g.step()  # 300 (memory freed), still no trim
+    g.step()  # 560
+    assert len(trims) == 1
+    g.step()  # 610 > 580: trim
+    g.step()  # 650: new reference (memory kept on purpose raises the floor)
+    assert g.trims == 2 and g.ref == 650
 
 
 def test_heap_guard_without_proc_trims_periodically(monkeypatch):
