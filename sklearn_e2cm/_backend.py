@@ -210,6 +210,32 @@ def as_float_tensor(X, device):
     return torch.tensor(np.asarray(X), dtype=torch.float32, device=device)
 
 
+def float32_matmul_is_exact(device):
+    """Whether float32 matrix products on ``device`` are computed in IEEE float32.
+
+    False where torch may substitute TF32 or bfloat16 products (the user set
+    ``torch.set_float32_matmul_precision("high")`` / ``"medium"`` or a
+    backend's ``fp32_precision``), or where the setting cannot be read: the
+    caller then keeps its float64 products. Never changes the settings.
+    """
+    torch = import_torch()
+    kind = getattr(device, "type", str(device))
+    backends = getattr(torch, "backends", None)
+    try:
+        backend = {"cuda": backends.cuda.matmul, "cpu": backends.mkldnn.matmul}.get(kind)
+        own = getattr(backend, "fp32_precision", None) if backend is not None else None
+        if own == "ieee":
+            return True
+        if own not in (None, "none"):
+            return False
+        overall = getattr(backends, "fp32_precision", None)
+        if overall not in (None, "none", "ieee"):
+            return False
+        return torch.get_float32_matmul_precision() == "highest"
+    except Exception:  # settings mixed between the legacy and the new API, or unknown
+        return False
+
+
 _DEVICE_HELP = "use 'cpu', 'cuda', 'cuda:0', 'auto' or a torch.device"
 
 

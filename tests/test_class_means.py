@@ -137,3 +137,61 @@ def test_torch_class_sums_match_a_loop_over_rows(weighted, dtype):
     acc = ClassStatsAccumulator()
     acc.update(F, y, None if w is None else w.numpy())
     np.testing.assert_allclose(acc.sums[:K - 1], ref[:K - 1], rtol=1e-5, atol=1e-5)
+
+
+def _within_scatter_loop(X, y, w):
+    """Brute-force pooled within-class covariance in float64 (one row at a time)."""
+    K, D = int(y.max()) + 1, X.shape[1]
+    means = np.array([np.average(X[y == k], axis=0, weights=w[y == k]) for k in range(K)])
+    S = np.zeros((D, D))
+    for i in range(X.shape[0]):
+        r = X[i] - means[y[i]]
+        S += w[i] * np.outer(r, r)
+    return S / w.sum()
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("D", [7, 400])  # 400: the product is split into column blocks
+def test_float32_scatter_products_are_relative_to_the_within_class_scatter(weighted, D):
+    """Classes 1e3 apart with unit spread: float32 products of class-centred rows keep the
+    covariance to float32 rounding of the *within*-class scatter, as float64 products do to
+    1e-10; a product around one global shift would lose it to the between-class part."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    n, K = 900, 4
+    y = rng.integers(0, K, n)
+    X = (rng.normal(size=(n, D)) + 1e3 * rng.normal(size=(K, D))[y]).astype(np.float32)
+    w = rng.random(n) if weighted else np.ones(n)
+    ref = _within_scatter_loop(X.astype(np.float64), y, w)
+    got = {}
+    for products in (True, False):
+        acc = ClassStatsAccumulator(scatter=True)
+        acc.float32_products = products
+        for s in range(0, n, 256):
+            acc.update(torch.from_numpy(X[s:s + 256]), y[s:s + 256],
+                       w[s:s + 256] if weighted else None)
+        got[products] = acc.within_class_covariance()
+    scale = np.abs(np.diag(ref)).max()
+    np.testing.assert_allclose(got[False], ref, rtol=0, atol=1e-8 * scale)
+    np.testing.assert_allclose(got[True], ref, rtol=0, atol=2e-5 * scale)
+    np.testing.assert_allclose(got[True], got[True].T, rtol=0, atol=0)
+
+
+def test_float32_scatter_falls_back_to_float64_when_torch_may_use_tf32():
+    torch = pytest.importorskip("torch")
+    from sklearn_e2cm._backend import float32_matmul_is_exact
+
+    rng = np.random.default_rng(2)
+    X = torch.from_numpy(rng.normal(size=(300, 6)).astype(np.float32))
+    y = rng.integers(0, 3, 300)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert not float32_matmul_is_exact(torch.device("cpu"))
+        acc = ClassStatsAccumulator(scatter=True)
+        acc.update(X, y)
+        got = acc.within_class_covariance()
+    finally:
+        torch.set_float32_matmul_precision(before)
+    ref = _within_scatter_loop(X.numpy().astype(np.float64), y, np.ones(300))
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)

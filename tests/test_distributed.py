@@ -188,8 +188,10 @@ def test_every_rank_equals_one_process(rank_results, key):
             if sa is not None:
                 np.testing.assert_allclose(sa, sb, rtol=rtol)
         # thresholds are tuning rows' confidences: equal up to the rounding of the sums
+        # (float64 for arrays; for a network's float32 activations the whitened scatter is a
+        # float32 product per batch, and the ranks' batches hold other rows)
         np.testing.assert_allclose(got["mixture_thresholds"], ref["mixture_thresholds"],
-                                   rtol=1e-12)
+                                   rtol=1e-12 if key[0] == "arrays" else 1e-4)
         np.testing.assert_allclose(got["mixture_weights"], ref["mixture_weights"],
                                    rtol=1e-9)
         assert got["expected_flops"] == pytest.approx(ref["expected_flops"], abs=1e-12)

@@ -208,8 +208,9 @@ def test_class_statistics_of_tensors_are_read_back_once(scatter, monkeypatch):
     # tensors' .numpy() there is a view, not a transfer)
     np.testing.assert_allclose(means, ref.means(), rtol=1e-6, atol=1e-6)
     if scatter:
+        # float32 features: the scatter is a float32 product of class-centred rows
         np.testing.assert_allclose(acc.within_class_covariance(),
-                                   ref.within_class_covariance(), rtol=1e-9, atol=1e-9)
+                                   ref.within_class_covariance(), rtol=0, atol=1e-6)
 
 
 def test_two_adapters_on_one_network_share_the_switch(digit_images):

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from .._backend import is_torch
+from .._backend import float32_matmul_is_exact, is_torch
 
 __all__ = ["ClassStatsAccumulator"]
 
@@ -32,6 +32,15 @@ class ClassStatsAccumulator:
     merged statistics are those of one accumulator fed every row, up to
     floating-point rounding of the sums.
 
+    The second moment of float32 torch features is computed as a float32
+    product of the rows centred on their class (see :meth:`update`). On
+    trained networks its rounding moved the covariances by about 2e-8
+    (relative), a thousand times less than leaving out one training row
+    does (``benchmarks/results/scatter.md``). Set the class attribute
+    ``ClassStatsAccumulator.float32_products = False`` to keep float64
+    products for them too (about twice the time of the product on CPU, much
+    more on GPUs with slow float64).
+
     Examples
     --------
     >>> import numpy as np
@@ -46,6 +55,9 @@ class ClassStatsAccumulator:
     array([[ 2.],
            [10.]])
     """
+
+    #: Whether float32 torch features get float32 scatter products (see :meth:`update`).
+    float32_products = True
 
     def __init__(self, scatter=False):
         self.scatter = scatter
@@ -99,6 +111,15 @@ class ClassStatsAccumulator:
         batches in float64; the product itself is in the features' precision
         for the Euclidean metric and in float64 with ``scatter=True`` (the
         whitened metric amplifies any error in the means or the covariance).
+        The second moment of float32 (or narrower) torch features is one
+        float32 product of the rows centred on their class's mean in the
+        batch, plus the batch's between-class part in float64 (exact algebra:
+        ``Σ w (x-s)(x-s)ᵀ = Σ w r rᵀ + Σ_k W_k a_k a_kᵀ`` with ``a_k`` the
+        class mean around the shift and ``r`` the residual), so its rounding
+        is relative to the within-class scatter alone; float64 products are
+        kept for float64 features, where torch may use TF32 or bfloat16
+        for float32 products (:func:`~sklearn_e2cm._backend.float32_matmul_is_exact`)
+        and when the class attribute ``float32_products`` is False.
 
         Parameters
         ----------
@@ -122,27 +143,7 @@ class ClassStatsAccumulator:
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         K, n = self.sums.shape[0], F.shape[0]
         if is_torch(F):
-            import torch
-
-            if self.shift is None:
-                self.shift = (F.double().mean(0).cpu().numpy() if self.scatter
-                              else np.zeros(F.shape[1]))
-            if self.scatter:  # float64 throughout: whitening amplifies any error in C or Σ
-                Fx = F.double()
-                Fc = Fx - torch.as_tensor(self.shift, dtype=Fx.dtype, device=F.device)
-            else:  # plain sums need no shift (and no copy of the activations)
-                Fc = F
-            wt = None if w is None else torch.as_tensor(w, dtype=Fc.dtype, device=F.device)
-            if F.device.type == "cpu" and not self.scatter:
-                self.sums += _class_sums_csr(Fc, y_idx, wt, K).double().numpy()
-            else:
-                onehot = torch.zeros((K, n), dtype=Fc.dtype, device=F.device)
-                onehot[torch.as_tensor(y_idx, device=F.device),
-                       torch.arange(n, device=F.device)] = (1.0 if wt is None else wt)
-                self._add_resident("sums", (onehot @ Fc).double(), K)
-            if self.scatter:
-                Fw = Fc if wt is None else Fc * wt[:, None]
-                self._add_resident("second", Fc.T @ Fw, None)
+            self._update_torch(F, y_idx, w, K)
         else:
             Fd = np.asarray(F, dtype=np.float64)
             if self.shift is None:
@@ -158,6 +159,41 @@ class ClassStatsAccumulator:
         self.weights += np.bincount(y_idx, weights=w, minlength=K)[:K]
         self.n_seen += n
 
+    def _update_torch(self, F, y_idx, w, K):
+        """:meth:`update` for a torch batch, on its device (float32 on MPS, no float64 there)."""
+        import torch
+
+        dev, n = F.device, F.shape[0]
+        acc = torch.float32 if dev.type == "mps" else torch.float64
+        if self.shift is None:
+            self.shift = (F.to(acc).mean(0).cpu().numpy().astype(np.float64) if self.scatter
+                          else np.zeros(F.shape[1]))
+        if self.scatter:  # float64: whitening amplifies any error in the means or in C
+            Fc = F.to(acc) - torch.as_tensor(self.shift, dtype=acc, device=dev)
+        else:  # plain sums need no shift (and no copy of the activations)
+            Fc = F
+        wt = None if w is None else torch.as_tensor(w, dtype=Fc.dtype, device=dev)
+        if dev.type == "cpu" and not self.scatter:
+            self.sums += _class_sums_csr(Fc, y_idx, wt, K).double().numpy()
+            return
+        y = torch.as_tensor(y_idx, device=dev)
+        onehot = torch.zeros((K, n), dtype=Fc.dtype, device=dev)
+        onehot[y, torch.arange(n, device=dev)] = 1.0 if wt is None else wt
+        sums = (onehot @ Fc).to(acc)
+        self._add_resident("sums", sums, K)
+        if not self.scatter:
+            return
+        if F.dtype == torch.float64 or not (dev.type == "mps" or (
+                self.float32_products and float32_matmul_is_exact(dev))):
+            self._add_resident("second", _gram(Fc, Fc if wt is None else Fc * wt[:, None]), None)
+            return
+        # float32 product of the within-class residuals, between-class part in float64
+        Wb = onehot.sum(1, keepdim=True)
+        M = torch.where(Wb > 0, sums / Wb.clamp_min(torch.finfo(acc).tiny), 0.0)
+        R = (Fc - M[y]).float()
+        second = _gram(R, R if wt is None else R * wt.float()[:, None]).to(acc)
+        self._add_resident("second", second.addmm_((M * Wb).T, M), None)
+
     def _add_resident(self, name, value, n_rows):
         """Accumulate a float64 tensor where it was computed (the stages' device).
 
@@ -167,6 +203,9 @@ class ClassStatsAccumulator:
         """
         import torch
 
+        if value.device.type == "mps":  # no float64 there: add to the host arrays now
+            getattr(self, name)[: value.shape[0]] += value.cpu().numpy()
+            return
         resident = self._resident.get(name)
         if resident is None:
             self._resident[name] = value.clone()
@@ -303,6 +342,32 @@ class ClassStatsAccumulator:
         between = (means * self.weights[:, None]).T @ means
         cov = (self.second - between) / self.weights.sum()
         return (cov + cov.T) / 2.0
+
+
+def _gram(A, B):
+    """``Aᵀ B`` for a symmetric result (``B`` is ``A`` with rows scaled), upper blocks only.
+
+    Wide products are computed as three of the four column blocks, the
+    fourth being the transpose of the off-diagonal one (a quarter fewer
+    multiplications than one full product).
+    """
+    import torch
+
+    D = A.shape[1]
+    if D < _GRAM_BLOCKS_FROM:
+        return A.T @ B
+    h = D // 2
+    out = torch.empty((D, D), dtype=A.dtype, device=A.device)
+    out[:h, :h] = A[:, :h].T @ B[:, :h]
+    upper = A[:, :h].T @ B[:, h:]
+    out[:h, h:] = upper
+    out[h:, :h] = upper.T
+    out[h:, h:] = A[:, h:].T @ B[:, h:]
+    return out
+
+
+#: Feature width from which :func:`_gram` splits the product into blocks.
+_GRAM_BLOCKS_FROM = 384
 
 
 def _class_sums_csr(F, y_idx, w, K):
