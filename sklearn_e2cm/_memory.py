@@ -60,11 +60,11 @@ class HeapGuard:
     after the first batch, and again after the first batch that follows a
     trim (once that batch's working set is back): memory the caller keeps on
     purpose (a cache that fills up) raises the floor, and the pages a trim
-    gave back and the next batch takes again do not count as growth. With ``slack=None``, or without /proc
-    (not Linux), it trims every ``fallback_every`` batches instead: routed
-    inference uses that, since its compacted batches of varying sizes would
-    otherwise trigger frequent trims, and it keeps no cache that must fit a
-    memory budget.
+    gave back and the next batch takes again do not count as growth. With
+    ``slack=None``, or without /proc (not Linux), it trims every
+    ``fallback_every`` batches instead. Routed inference and the fit passes
+    both use the resident-size rule: trimming every 16 batches made routed
+    ``predict`` of a light CNN with whitened exits about 20 % slower.
     """
 
     def __init__(self, slack=256 * 2**20, fallback_every=16):

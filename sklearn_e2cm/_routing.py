@@ -264,16 +264,16 @@ def route(
     batches = adapter.batches(X, None, batch_size)
     if progress is not None:
         batches = progress(batches)
-    guard = HeapGuard(slack=None)  # keep resident memory flat over long streams
+    guard = HeapGuard()  # keep resident memory flat over long streams
     skipped = 0
     for Xb, _ in batches:
-        guard.step()
         if adapter.n_rows(Xb) == 0:
             continue  # an empty batch (a DataLoader's) routes nothing
         batch_out, n_bad = _route_batch(adapter, heads, thresholds, weights, active, Xb, seed,
                                         return_proba, non_finite)
         out.append(batch_out)
         skipped += n_bad
+        guard.step()  # after the batch: its working set is part of the reference
     if skipped:
         warn(f"{skipped} exit decision(s) before the last stage met a NaN or infinite stage "
              "vector or exit score; with non_finite='continue' those rows did not exit there "
