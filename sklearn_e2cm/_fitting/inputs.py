@@ -14,7 +14,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
-from .._backend import warn
+from .._backend import all_finite, warn
 
 __all__ = [
     "LabelIndex",
@@ -151,9 +151,7 @@ def check_torch_input(est, X, y, reset):
         raise ValueError(
             f"Expected an array of shape (n_samples, ...) with at least one sample; got shape "
             f"{tuple(Xn.shape)}.")
-    finite = bool(np.isfinite(Xn).all()) if isinstance(Xn, np.ndarray) else bool(
-        Xn.isfinite().all())
-    if not finite:
+    if not all_finite(Xn):
         raise ValueError("Input X contains NaN or infinity.")
     if reset:
         est.input_shape_ = shape

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .._backend import all_finite
 from .._fitting.training import minibatch_step, run_epochs
 
 __all__ = ["train_classifier"]
@@ -85,7 +86,7 @@ def _as_features(X, name, dtype):
         raise ValueError(f"{name} has no samples (shape {tuple(Xt.shape)}).")
     if Xt.dtype != dtype:
         Xt = Xt.to(dtype)
-    if not bool(torch.isfinite(Xt).all()):
+    if not all_finite(Xt):
         raise ValueError(f"{name} contains NaN or infinity.")
     return Xt
 
