@@ -126,7 +126,23 @@ def machine():
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
+        "malloc_env": malloc_env(),
     }
+
+
+def malloc_env():
+    """The glibc allocator settings of this process (``MALLOC_*`` variables)."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}
+
+
+def command(script, argv=None):
+    """The command line that reproduces this run, allocator settings first."""
+    import shlex
+    import sys
+
+    env = [f"{k}={v}" for k, v in malloc_env().items()]
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(env + ["python", f"benchmarks/{script}"] + args)
 
 
 def write(name, payload, table_md):

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_fashion, machine, trained_resnet, write  # noqa: E402
+from _common import command, load_fashion, machine, trained_resnet, write  # noqa: E402
 
 
 def _sync(device):
@@ -244,7 +244,7 @@ def main(argv=None):
         rows += r
         fits += f
     lines = [f"# Routed inference and fit on {dev_name}", "",
-             f"Command: `python benchmarks/bench_gpu.py {' '.join(argv or sys.argv[1:])}`  ",
+             f"Command: `{command('bench_gpu.py', argv)}`  ",
              f"Device: **{dev_name}**; torch {torch.__version__}; routing: medians of "
              f"{args.rounds} interleaved rounds after a warm-up; fit: medians of {args.fit_rounds} "
              "rounds, each a forward pass then a fit; device synchronised around every timed call.",

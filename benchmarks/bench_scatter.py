@@ -30,7 +30,6 @@ faulted in again, and forward times vary threefold between rounds. Needs the Deb
 """
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_fashion, machine, trained_resnet, write  # noqa: E402
+from _common import command, load_fashion, machine, trained_resnet, write  # noqa: E402
 from bench_gpu import full_pass, trained_light_cnn  # noqa: E402
 
 #: Fit settings: (float32 products?, first training row used); the last one is a control.
@@ -137,10 +136,8 @@ def main(argv=None):
                else trained_light_cnn(Xtr, ytr, epochs=args.epochs))
         out.append(compare(name, net.eval(), Xtr, ytr, Xte, yte, args))
     dev = f"CPU ({torch.get_num_threads()} threads)"
-    env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
     lines = ["# Whitened exits: float32 vs float64 scatter products", "",
-             f"Command: `{env + ' ' if env else ''}python benchmarks/bench_scatter.py "
-             f"{' '.join(argv or sys.argv[1:])}`  ",
+             f"Command: `{command('bench_scatter.py', argv)}`  ",
              f"Device: **{dev}**; torch {torch.__version__}; fit on the 60k training images, "
              f"batch {args.batch_size}, `metric=\"mahalanobis\", pooling=\"avg4\"`; times are "
              f"medians of {args.rounds} interleaved rounds (forward pass, both fits).", "",
