@@ -44,7 +44,7 @@ STEPS = _steps()
 
 
 def ecm(**kw):
-    return EarlyExitClassMeans(**{"n_targets": 20, "random_state": 0, **kw})
+    return EarlyExitClassMeans(**{"sweep_resolution": 20, "random_state": 0, **kw})
 
 
 def fitted(**kw):
@@ -140,7 +140,10 @@ CASES = [
     ("calibration 0", lambda: ecm(calibration=0).fit(X, Y), ValueError, "calibration"),
     ("calibration too many", lambda: ecm(calibration=5).fit(X, Y), ValueError,
      "calibration=5 cannot hold out"),
-    ("n_targets 1", lambda: ecm(n_targets=1).fit(X, Y), ValueError, "n_targets"),
+    ("sweep_resolution 1", lambda: ecm(sweep_resolution=1).fit(X, Y), ValueError,
+     "sweep_resolution"),
+    ("n_targets 1 (old name)", lambda: EarlyExitClassMeans(n_targets=1).fit(X, Y), ValueError,
+     "n_targets"),
     ("batch_size 0", lambda: ecm(batch_size=0).fit(X, Y), ValueError, "batch_size"),
     ("cache_size -1", lambda: ecm(cache_size=-1).fit(X, Y), ValueError, "cache_size"),
     ("normalize str", lambda: ecm(normalize="yes").fit(X, Y), ValueError, "normalize"),
@@ -250,7 +253,7 @@ CASES = [
 def _ic(**kw):
     from sklearn_e2cm import InternalClassifierEarlyExit
 
-    return InternalClassifierEarlyExit(STEPS, **{"epochs": 1, "n_targets": 10,
+    return InternalClassifierEarlyExit(STEPS, **{"epochs": 1, "sweep_resolution": 10,
                                                  "random_state": 0, **kw})
 
 
@@ -279,7 +282,8 @@ PARAM_CASES = [
     (_ic, "method", "deep"), (_ic, "criterion", "margin"), (_ic, "epochs", 0),
     (_ic, "learning_rate", 0.0), (_ic, "learning_rate", -1.0), (_ic, "class_means", "yes"),
     (_ic, "combine", "xor"), (_ic, "metric", "cosine"), (_ic, "flops_target", 1.5),
-    (_ic, "threshold_search", "grid"), (_ic, "n_targets", 1), (_ic, "calibration", 1.0),
+    (_ic, "threshold_search", "grid"), (_ic, "sweep_resolution", 1), (_ic, "n_targets", 1),
+    (_ic, "calibration", 1.0),
     (_ic, "final_classifier", "maybe"), (_ic, "batch_size", 0), (_ic, "random_state", "x"),
     (_ic, "verbose", "loud"),
     (_dec, "n_clusters", 0), (_dec, "hidden", 5), (_dec, "embedding_dim", 0),
@@ -288,7 +292,7 @@ PARAM_CASES = [
     (_dec, "max_iter", -1), (_dec, "update_interval", 0), (_dec, "tol", 2.0),
     (_dec, "batch_size", 0), (_dec, "n_init", 0), (_dec, "random_state", "x"),
     (_dec_ee, "exits", 3), (_dec_ee, "flops_target", 0.0), (_dec_ee, "threshold_search", "x"),
-    (_dec_ee, "n_targets", 0), (_dec_ee, "normalize", "no"), (_dec_ee, "n_clusters", -2),
+    (_dec_ee, "sweep_resolution", 0), (_dec_ee, "n_targets", 0), (_dec_ee, "normalize", "no"), (_dec_ee, "n_clusters", -2),
     (_search, "flops_targets", 0), (_search, "cv", "loo"), (_search, "budget", -0.5),
     (_search, "method", "random"), (_search, "refit", "yes"), (_search, "n_jobs", 1.5),
     (_search, "return_train_score", "yes"), (_search, "share_stage_outputs", "always"),
@@ -355,7 +359,7 @@ CASES += [
 def _ic_on(stages):
     from sklearn_e2cm import InternalClassifierEarlyExit
 
-    return InternalClassifierEarlyExit(stages, epochs=1, n_targets=10, random_state=0,
+    return InternalClassifierEarlyExit(stages, epochs=1, sweep_resolution=10, random_state=0,
                                        stage_costs=[1.0] * len(stages), exit_at=[])
 
 
