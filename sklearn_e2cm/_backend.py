@@ -197,6 +197,8 @@ def all_finite(a):
     as one flag. Integer and boolean values are always finite.
     """
     if is_torch(a):
+        if a.is_complex():
+            return bool(a.isfinite().all())
         if not a.is_floating_point() or a.numel() == 0:
             return True
         lo, hi = a.aminmax()

@@ -19,6 +19,7 @@ def test_all_finite_on_tensors_matches_isfinite(bad, dtype):
         assert not all_finite(y) and not bool(y.isfinite().all())
     assert all_finite(torch.zeros(0, 3))
     assert all_finite(torch.arange(5)) and all_finite(torch.tensor([True, False]))
+    assert not all_finite(torch.tensor([1 + 1j, complex(bad, 0)]))
 
 
 def test_all_finite_on_arrays():
