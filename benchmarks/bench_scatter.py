@@ -140,7 +140,7 @@ def main(argv=None):
              f"Command: `{command('bench_scatter.py', argv)}`  ",
              f"Device: **{dev}**; torch {torch.__version__}; fit on the 60k training images, "
              f"batch {args.batch_size}, `metric=\"mahalanobis\", pooling=\"avg4\"`; times are "
-             f"medians of {args.rounds} interleaved rounds (forward pass, both fits).", "",
+             f"medians of {args.rounds} interleaved rounds (a forward pass, then each fit).", "",
              "| network | products | fit (s) | forward (s) | fit / forward |", "|---|---|---|---|---|"]
     for o in out:
         for m, f in o["fit"].items():
