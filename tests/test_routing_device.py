@@ -215,6 +215,61 @@ def test_class_statistics_of_tensors_are_read_back_once(scatter, monkeypatch):
                                    ref.within_class_covariance(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "mahalanobis"])
+def test_fit_copies_each_batch_labels_to_the_device_once(digit_images, monkeypatch, metric):
+    """One copy of a batch's labels (and weights) for all stages, and the shift once per
+    stage: on CUDA each copy from pageable host memory would wait for the device."""
+    import sklearn_e2cm._fitting.passes as passes
+    from sklearn_e2cm.exits.statistics import labels_on_device
+
+    Xtr, ytr, _, _ = digit_images
+    calls = []
+
+    def counting(y_idx, w, device):
+        calls.append(device)
+        return labels_on_device(y_idx, w, device)
+
+    monkeypatch.setattr(passes, "labels_on_device", counting)
+    est = EarlyExitClassMeans(stages=_net(), flops_target=0.5, batch_size=100, metric=metric,
+                              random_state=0)
+    w = np.linspace(0.5, 1.5, len(ytr))
+    est.fit(torch.from_numpy(Xtr), ytr, sample_weight=w)
+    assert len(calls) == -(-len(ytr) // 100)
+    ref = EarlyExitClassMeans(stages=_net(), flops_target=0.5, batch_size=100, metric=metric,
+                              random_state=0).fit(Xtr, ytr, sample_weight=w)
+    for a, b in zip(est.class_means_, ref.class_means_):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulator_copies_its_shift_once(monkeypatch):
+    from sklearn_e2cm.exits.statistics import ClassStatsAccumulator, labels_on_device
+
+    rng = np.random.default_rng(0)
+    F = torch.from_numpy(rng.normal(size=(500, 4)).astype(np.float32))
+    y = rng.integers(0, 3, 500)
+    acc = ClassStatsAccumulator(scatter=True)
+    copies = []
+    original = torch.as_tensor
+
+    def spy(*args, **kwargs):
+        copies.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "as_tensor", spy)
+    for s in range(0, 500, 100):
+        acc.update(F[s:s + 100], y[s:s + 100], None,
+                   labels_on_device(y[s:s + 100], None, F.device))
+    monkeypatch.undo()
+    assert len(copies) == 1  # the shift, after the first batch
+    acc.rebase(np.zeros(4))  # a new shift is copied again
+    acc.update(F[:100], y[:100])
+    Z = F.numpy().astype(np.float64)
+    Z = np.concatenate([Z, Z[:100]])
+    yy = np.concatenate([y, y[:100]])
+    means = np.array([Z[yy == k].mean(0) for k in range(3)])
+    np.testing.assert_allclose(acc.means(), means, rtol=1e-10, atol=1e-12)
+
+
 def test_two_adapters_on_one_network_share_the_switch(digit_images):
     Xtr, _, _, _ = digit_images
     net = _net()

@@ -82,7 +82,7 @@ class ClassStatistics:
         """Sorted labels (ndarray)."""
         return self.labels.sorted_order()[0]
 
-    def update(self, j, F, y_idx, sample_weight=None):
+    def update(self, j, F, y_idx, sample_weight=None, on_device=None):
         """Add a batch of stage ``j``'s vectors.
 
         Parameters
@@ -93,12 +93,16 @@ class ClassStatistics:
         y_idx : ndarray of int of shape (n,)
             Class indices (``self.labels(y)``).
         sample_weight : ndarray of shape (n,), default=None
+        on_device : tuple, default=None
+            The batch's labels and weights already on ``F``'s device
+            (:func:`~sklearn_e2cm.exits.statistics.labels_on_device`), shared
+            by the stages of one batch.
 
         Returns
         -------
         None
         """
-        self.stages[j].update(F, y_idx, sample_weight)
+        self.stages[j].update(F, y_idx, sample_weight, on_device)
 
     def merge(self, other):
         """Add the statistics of ``other`` (fitted on other rows) to these.

@@ -27,6 +27,7 @@ import numpy as np
 
 from .._backend import concat, is_torch, progress, softmax, to_numpy
 from ..exits.class_means import ExitHead, normalized_head, whitened_head
+from ..exits.statistics import labels_on_device
 from .class_statistics import ClassStatistics
 from .._memory import HeapGuard
 from .._routing import iter_stages
@@ -380,10 +381,13 @@ def _statistics_pass(data, params):
                 used += per_row[j] * total
                 cached_from = j
             cache[cached_from:] = [RowCache(total) for _ in range(M - cached_from)]
+        on_device = None  # the batch's labels on the stages' device: copied once per batch
         for j, F, idx in items:  # one stage output alive at a time
             if idx is not None:
                 final_all.append(idx)
-            stats.update(j, F, y_idx, wb)  # NaN/inf activations surface in the means
+            if on_device is None and is_torch(F):
+                on_device = labels_on_device(y_idx, wb, F.device)
+            stats.update(j, F, y_idx, wb, on_device)  # NaN/inf activations surface in the means
             if j >= cached_from:
                 cache[j].add(F)
             del F

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._backend import float32_matmul_is_exact, is_torch
 
-__all__ = ["ClassStatsAccumulator"]
+__all__ = ["ClassStatsAccumulator", "labels_on_device"]
 
 
 class ClassStatsAccumulator:
@@ -67,6 +67,7 @@ class ClassStatsAccumulator:
         self.shift = None
         self.n_seen = 0
         self._resident = {}
+        self._shift_cache = None
 
     def grow(self, n_classes, n_features):
         """Make room for ``n_classes`` classes of ``n_features`` features (zeros).
@@ -101,7 +102,7 @@ class ClassStatsAccumulator:
             self.sums = np.vstack([self.sums, np.zeros((extra, n_features))])
             self.weights = np.concatenate([self.weights, np.zeros(extra)])
 
-    def update(self, F, y_idx, sample_weight=None):
+    def update(self, F, y_idx, sample_weight=None, on_device=None):
         """Add a batch: ``F`` (n, D) numpy or torch, ``y_idx`` (n,) int numpy.
 
         With ``scatter=True`` statistics are taken around a fixed shift (the
@@ -129,6 +130,11 @@ class ClassStatsAccumulator:
             Class index of every row.
         sample_weight : array-like of shape (n,), default=None
             Row weights (1 when None).
+        on_device : tuple, default=None
+            ``labels_on_device(y_idx, sample_weight, F.device)``, when the
+            caller updates several accumulators with one batch's labels:
+            they are then copied to the device once, not once per stage
+            (on CUDA each copy from pageable memory waits for the device).
 
         Returns
         -------
@@ -143,7 +149,9 @@ class ClassStatsAccumulator:
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         K, n = self.sums.shape[0], F.shape[0]
         if is_torch(F):
-            self._update_torch(F, y_idx, w, K)
+            if on_device is None or on_device[0].device != F.device:
+                on_device = labels_on_device(y_idx, w, F.device)
+            self._update_torch(F, y_idx, on_device, K)
         else:
             Fd = np.asarray(F, dtype=np.float64)
             if self.shift is None:
@@ -159,24 +167,24 @@ class ClassStatsAccumulator:
         self.weights += np.bincount(y_idx, weights=w, minlength=K)[:K]
         self.n_seen += n
 
-    def _update_torch(self, F, y_idx, w, K):
+    def _update_torch(self, F, y_idx, on_device, K):
         """:meth:`update` for a torch batch, on its device (float32 on MPS, no float64 there)."""
         import torch
 
         dev, n = F.device, F.shape[0]
+        y, w_dev = on_device
         acc = torch.float32 if dev.type == "mps" else torch.float64
         if self.shift is None:
             self.shift = (F.to(acc).mean(0).cpu().numpy().astype(np.float64) if self.scatter
                           else np.zeros(F.shape[1]))
         if self.scatter:  # float64: whitening amplifies any error in the means or in C
-            Fc = F.to(acc) - torch.as_tensor(self.shift, dtype=acc, device=dev)
+            Fc = F.to(acc) - self._shift_on(dev, acc)
         else:  # plain sums need no shift (and no copy of the activations)
             Fc = F
-        wt = None if w is None else torch.as_tensor(w, dtype=Fc.dtype, device=dev)
+        wt = None if w_dev is None else w_dev.to(Fc.dtype)
         if dev.type == "cpu" and not self.scatter:
             self.sums += _class_sums_csr(Fc, y_idx, wt, K).double().numpy()
             return
-        y = torch.as_tensor(y_idx, device=dev)
         onehot = torch.zeros((K, n), dtype=Fc.dtype, device=dev)
         onehot[y, torch.arange(n, device=dev)] = 1.0 if wt is None else wt
         sums = (onehot @ Fc).to(acc)
@@ -193,6 +201,17 @@ class ClassStatsAccumulator:
         R = (Fc - M[y]).float()
         second = _gram(R, R if wt is None else R * wt.float()[:, None]).to(acc)
         self._add_resident("second", second.addmm_((M * Wb).T, M), None)
+
+    def _shift_on(self, device, dtype):
+        """The shift as a tensor on ``device``, copied once (again only when it changed)."""
+        import torch
+
+        cached = self._shift_cache
+        if cached is None or cached[0] is not self.shift or cached[1].device != device \
+                or cached[1].dtype != dtype:
+            tensor = torch.as_tensor(self.shift, dtype=dtype, device=device)
+            cached = self._shift_cache = (self.shift, tensor)
+        return cached[1]
 
     def _add_resident(self, name, value, n_rows):
         """Accumulate a float64 tensor where it was computed (the stages' device).
@@ -226,7 +245,14 @@ class ClassStatsAccumulator:
 
     def __getstate__(self):
         self._settle()  # host arrays only: a pickle never holds device tensors
-        return self.__dict__.copy()
+        state = self.__dict__.copy()
+        state["_shift_cache"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_resident", {})
+        self.__dict__.setdefault("_shift_cache", None)
 
     def rebase(self, shift):
         """Re-express the statistics around another ``shift`` (in place, exact algebra).
@@ -342,6 +368,36 @@ class ClassStatsAccumulator:
         between = (means * self.weights[:, None]).T @ means
         cov = (self.second - between) / self.weights.sum()
         return (cov + cov.T) / 2.0
+
+
+def labels_on_device(y_idx, sample_weight, device):
+    """A batch's class indices (int64) and weights (float64, or None) on ``device``.
+
+    One copy each; on CUDA through pinned memory and without blocking, so
+    the host does not wait for the device's queued work (a copy from
+    pageable memory would).
+
+    Parameters
+    ----------
+    y_idx : ndarray of int of shape (n,)
+    sample_weight : ndarray of shape (n,) or None
+    device : torch.device
+
+    Returns
+    -------
+    y : torch.Tensor of int64
+    w : torch.Tensor of float64 or None
+    """
+    import torch
+
+    def copy(a, dtype):
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
+        if getattr(device, "type", device) == "cuda":
+            return t.pin_memory().to(device, non_blocking=True)
+        return t.to(device)
+
+    return (copy(y_idx, np.int64),
+            None if sample_weight is None else copy(sample_weight, np.float64))
 
 
 def _gram(A, B):
