@@ -53,7 +53,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 
-from ._backend import as_backend, softmax, to_numpy, warn
+from ._backend import as_backend, concat, softmax, to_numpy, warn, zeros_like_backend
 from ._exit_estimator import EarlyExitBase
 from ._fitting.inputs import (
     LabelIndex,
@@ -71,7 +71,6 @@ from ._fitting.passes import (
     fit_class_means,
     forward_source,
 )
-from ._backend import concat
 from ._fitting.training import EarlyStopping, LinearSoftmaxTrainer, StopTraining, run_epochs
 from ._routing import iter_stages
 from .stages import is_torch_stages, make_stage_adapter
@@ -590,12 +589,11 @@ class InternalClassifierEarlyExit(ClassifierMixin, EarlyExitBase, BaseEstimator)
         X_tune, y_tune, w_tune = tune_rows
         t0 = time.perf_counter()
 
-        def outputs(g, F, idx):
+        def outputs(g, F, idx):  # exits' arrays left on the device until the pass ends
             if idx is not None:  # the base model's classifier
                 return idx, to_numpy(F).max(axis=1), np.zeros(len(idx))
             P, c, ce = heads[g].raw(F)
-            c = to_numpy(c)
-            return to_numpy(P.argmax(1)), c, (np.zeros(len(c)) if ce is None else to_numpy(ce))
+            return P.argmax(1), c, (zeros_like_backend(c.shape, c) if ce is None else ce)
 
         source = forward_source(grouped, X_tune, None, self.batch_size)
         with grouped.activate():

@@ -241,6 +241,31 @@ def test_fit_copies_each_batch_labels_to_the_device_once(digit_images, monkeypat
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "mahalanobis"])
+def test_tuning_pass_reads_exit_arrays_back_once_per_stage(digit_images, monkeypatch, metric):
+    """The exits' distances (or scores) of the tuning rows stay on the stages' device until
+    the pass ends: one read-back per stage and array, not one per stage and batch."""
+    import sklearn_e2cm._fitting.passes as passes
+
+    Xtr, ytr, _, _ = digit_images
+    calls = []
+    original = passes.to_numpy
+
+    def counting(a):
+        calls.append(type(a).__name__)
+        return original(a)
+
+    est = EarlyExitClassMeans(stages=_net(), flops_target=0.5, batch_size=50, metric=metric,
+                              cache_size=0, random_state=0)  # no cache: the stages run again
+    ref = copy.deepcopy(est).fit(torch.from_numpy(Xtr), ytr)
+    monkeypatch.setattr(passes, "to_numpy", counting)
+    est.fit(torch.from_numpy(Xtr), ytr)
+    n_batches, M = -(-len(ytr) // 50), est.n_stages_
+    assert n_batches > 2 * M
+    assert calls.count("Tensor") <= 2 * M, calls
+    np.testing.assert_array_equal(est.mixture_thresholds_, ref.mixture_thresholds_)
+
+
 def test_accumulator_copies_its_shift_once(monkeypatch):
     from sklearn_e2cm.exits.statistics import ClassStatsAccumulator, labels_on_device
 

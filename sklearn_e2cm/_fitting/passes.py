@@ -113,7 +113,13 @@ def collect_stage_outputs(batches, stage_fn, n_stages):
     -------
     outputs : list of tuple of ndarray
         ``outputs[j][k]``: the ``k``-th array returned by ``stage_fn`` at stage
-        ``j``, all rows (``None`` for a stage that was not run).
+        ``j``, all rows (``None`` for a stage that was not run), as numpy.
+
+    Notes
+    -----
+    ``stage_fn`` may return tensors on the stages' device: they stay there
+    until the pass ends and come back once per stage and array, so the host
+    never waits for the device inside the pass.
     """
     parts = [[] for _ in range(n_stages)]
     for items, _, _ in batches:
@@ -123,7 +129,7 @@ def collect_stage_outputs(batches, stage_fn, n_stages):
     out = []
     for chunks in parts:
         out.append(None if not chunks else tuple(
-            np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))))
+            to_numpy(concat([c[k] for c in chunks])) for k in range(len(chunks[0]))))
     return out
 
 
@@ -533,9 +539,8 @@ def tuning_pass(adapter, heads, params, source, cache, cached_from, w_tune, fina
     M = adapter.n_stages
     whitened = params.metric == "mahalanobis"
 
-    def values(j, F, idx):
-        f = heads[j].scores if whitened else heads[j].distances
-        v = to_numpy(f(F))
+    def values(j, F, idx):  # left on the stages' device until the pass ends
+        v = (heads[j].scores if whitened else heads[j].distances)(F)
         return (v,) if idx is None else (v, np.asarray(idx))
 
     n_run = cached_from if cache is not None else M

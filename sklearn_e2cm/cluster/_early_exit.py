@@ -23,7 +23,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._backend import import_torch, to_numpy
+from .._backend import import_torch
 from .._fitting.passes import collect_stage_outputs, forward_source
 from ..exits.class_means import ExitHead, normalized_head
 from .._fitting.operating_point import swept_points
@@ -426,7 +426,7 @@ n_init, random_state, device, verbose
         raw = [ExitHead(C, scale=None) for C in centers]
 
         def distances(j, F, idx):  # the last stage gives the large DEC's clusters
-            return (to_numpy(raw[j].distances(F)),) if idx is None else (idx,)
+            return (raw[j].distances(F),) if idx is None else (idx,)
 
         with adapter.activate():
             outputs = collect_stage_outputs(
