@@ -386,18 +386,21 @@ def labels_on_device(y_idx, sample_weight, device):
     Returns
     -------
     y : torch.Tensor of int64
-    w : torch.Tensor of float64 or None
+    w : torch.Tensor of float64 (float32 on MPS, which has no float64) or None
     """
     import torch
 
+    kind = getattr(device, "type", device)
+
     def copy(a, dtype):
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
-        if getattr(device, "type", device) == "cuda":
+        if kind == "cuda":
             return t.pin_memory().to(device, non_blocking=True)
         return t.to(device)
 
+    w_dtype = np.float32 if kind == "mps" else np.float64
     return (copy(y_idx, np.int64),
-            None if sample_weight is None else copy(sample_weight, np.float64))
+            None if sample_weight is None else copy(sample_weight, w_dtype))
 
 
 def _gram(A, B):
