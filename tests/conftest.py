@@ -127,3 +127,23 @@ def assert_same_statistics(a, b, rtol=1e-10):
     if a.metric == "mahalanobis":
         for ca, cb in zip(a.covariances(), b.covariances()):
             np.testing.assert_allclose(ca, cb, rtol=rtol, atol=rtol * np.abs(cb).max())
+
+
+def rewrite_saved_file(path, out, edit_meta=None, replace=None, drop=()):
+    """Copy a file written by ``save_exits``, editing its metadata, replacing or dropping
+    members (the refused-file tests of the persistence suites); returns ``out``."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    if edit_meta is not None:
+        meta = json.loads(members["metadata.json"])
+        edit_meta(meta)
+        members["metadata.json"] = json.dumps(meta).encode()
+    members.update(replace or {})
+    with zipfile.ZipFile(out, "w") as zf:
+        for n, data in members.items():
+            if n not in drop:
+                zf.writestr(n, data)
+    return out

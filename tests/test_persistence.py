@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from conftest import forbid_code_on_load  # noqa: E402
+from conftest import rewrite_saved_file as _rewrite  # noqa: E402
 from sklearn_e2cm import EarlyExitClassMeans, load_exits, save_exits
 from sklearn_e2cm.persistence import FORMAT_VERSION
 
@@ -220,23 +221,6 @@ def test_file_is_plain_json_and_arrays(digits, steps, tmp_path):
 
 
 # --------------------------------------------------------------- refused or mismatched
-def _rewrite(path, out, edit_meta=None, replace=None, drop=()):
-    """Copy a saved file, editing its metadata or replacing members."""
-    with zipfile.ZipFile(path) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    if edit_meta is not None:
-        meta = json.loads(members["metadata.json"])
-        edit_meta(meta)
-        members["metadata.json"] = json.dumps(meta).encode()
-    for k, v in (replace or {}).items():
-        members[k] = v
-    with zipfile.ZipFile(out, "w") as zf:
-        for n, data in members.items():
-            if n not in drop:
-                zf.writestr(n, data)
-    return out
-
-
 def _npy(arr, allow_pickle=False):
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=allow_pickle)

@@ -12,6 +12,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from conftest import forbid_code_on_load  # noqa: E402
+from conftest import rewrite_saved_file as _rewrite  # noqa: E402
 from sklearn_e2cm import DEC, DECEarlyExit, load_exits, save_exits
 from sklearn_e2cm.persistence import FORMAT_VERSION
 
@@ -55,20 +56,6 @@ def _assert_same_network(a, b):
     for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert na == nb and pa.dtype == pb.dtype and pa.requires_grad == pb.requires_grad
         assert torch.equal(pa, pb)
-
-
-def _rewrite(path, out, edit_meta=None, replace=None):
-    with zipfile.ZipFile(path) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    if edit_meta is not None:
-        meta = json.loads(members["metadata.json"])
-        edit_meta(meta)
-        members["metadata.json"] = json.dumps(meta).encode()
-    members.update(replace or {})
-    with zipfile.ZipFile(out, "w") as zf:
-        for n, data in members.items():
-            zf.writestr(n, data)
-    return out
 
 
 def _npy(arr):
